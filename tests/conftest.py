@@ -1,0 +1,71 @@
+"""Shared fixtures: a micro synthetic dataset and a temporary copy of the repository."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from onereward.data.synthetic import SynthesizeConfig, synthesize
+
+REPO = Path(__file__).resolve().parents[1]
+# Never copied into a temporary repository: outputs, caches and local state.
+_TOP_LEVEL_SKIP = {".git", ".dvc", "data", ".prefect", "dvclive", ".pytest_cache", "build"}
+_ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", ".tmp-*")
+
+
+def _ignore(folder: str, names: list[str]) -> set[str]:
+    skip = set(_ANYWHERE(folder, names))
+    if Path(folder) == REPO:
+        skip |= _TOP_LEVEL_SKIP & set(names)
+    return skip
+
+MICRO_PARAMS = {
+    "synthesize": {"num_inputs": 24, "bad_records": 4, "workers": 1},
+    "shard": {"max_samples_per_shard": 8},
+}
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory) -> Path:
+    """A raw annotation set of 24 inputs (all tasks) made by the synthesize code."""
+    root = tmp_path_factory.mktemp("raw")
+    synthesize(root, SynthesizeConfig(num_inputs=24, workers=1))
+    return root
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def make_repo_copy(dest: Path, params: dict | None = None) -> Path:
+    """Copy the working tree (code, dvc.yaml, params) to ``dest`` as a git-less DVC repo.
+
+    ``params`` is merged into params.yaml (on top of MICRO_PARAMS) in the copy.
+    """
+    shutil.copytree(REPO, dest, ignore=_ignore)
+    (dest / "data").mkdir()
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dest, check=True)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    text = (dest / "params.yaml").read_text()
+    merged = _merge(_merge(yaml.safe_load(text), MICRO_PARAMS), params or {})
+    # Keep the profile anchors: rewrite only the stage sections below them.
+    head = text.split("\nsynthesize:")[0]
+    stages = {k: v for k, v in merged.items() if k not in ("profiles", "profile")}
+    (dest / "params.yaml").write_text(head + "\n\n" + yaml.safe_dump(stages, sort_keys=False))
+    return dest
+
+
+def run_dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
+    proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
+    if check and proc.returncode:
+        raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc

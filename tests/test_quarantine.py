@@ -1,0 +1,68 @@
+"""Every kind of bad record is quarantined with its own reason, and the run still finishes."""
+
+import json
+import shutil
+
+import pytest
+
+from onereward.data.corruptions import MAKERS
+from onereward.data.records import REASONS, RECORDS_FILE, RecordError
+from onereward.data.sharding import ShardConfig, shard_dataset
+
+
+def _dataset_with(tmp_path, micro_dataset, reason):
+    root = tmp_path / "raw"
+    shutil.copytree(micro_dataset, root)
+    lines = (root / RECORDS_FILE).read_text().splitlines()
+    base = next(json.loads(l) for l in lines if '"fill"' in l and '"text_alignment"' in l)
+    bad = MAKERS[reason](root, base, "bad-record")
+    (root / RECORDS_FILE).write_text("\n".join(lines + [bad]) + "\n")
+    return root, len(lines)
+
+
+def _shard(root, tmp_path, **cfg):
+    out = tmp_path / "out"
+    out.mkdir()
+    stats = shard_dataset(root, out / "shards", out / "manifest.parquet", out / "quarantine.jsonl", ShardConfig(**cfg))
+    quarantined = [json.loads(l) for l in (out / "quarantine.jsonl").read_text().splitlines()]
+    return stats, quarantined
+
+
+def test_every_reason_has_a_maker():
+    assert set(MAKERS) == set(REASONS)
+
+
+@pytest.mark.parametrize("reason", sorted(MAKERS))
+def test_bad_record_is_quarantined_with_its_reason(tmp_path, micro_dataset, reason):
+    root, n_good = _dataset_with(tmp_path, micro_dataset, reason)
+    stats, quarantined = _shard(root, tmp_path)
+    assert [q["reason"] for q in quarantined] == [reason]
+    assert quarantined[0]["line"] == n_good + 1
+    assert quarantined[0]["message"]
+    if reason not in ("invalid_json", "unsafe_id"):
+        assert quarantined[0]["id"] in ("bad-record", "fill-000000")
+    assert stats["records_in"] == n_good + 1
+    assert stats["accepted"] == n_good
+    assert stats["quarantined_by_reason"] == {reason: 1}
+    assert stats["records_in"] == stats["accepted"] + stats["quarantined"]
+
+
+def test_garbage_bytes_are_undecodable(tmp_path, micro_dataset):
+    root, _ = _dataset_with(tmp_path, micro_dataset, "missing_file")
+    (root / "images" / "bad-record").mkdir(parents=True)
+    (root / "images" / "bad-record" / "nowhere.png").write_bytes(b"this is not a png" * 10)
+    _, quarantined = _shard(root, tmp_path)
+    assert [q["reason"] for q in quarantined] == ["undecodable_image"]
+
+
+def test_strict_mode_stops_at_first_bad_record_naming_it(tmp_path, micro_dataset):
+    root, _ = _dataset_with(tmp_path, micro_dataset, "mask_size_mismatch")
+    with pytest.raises(RecordError) as err:
+        _shard(root, tmp_path, strict=True)
+    assert err.value.reason == "mask_size_mismatch"
+    assert "bad-record" in str(err.value) and "mask_size_mismatch" in str(err.value)
+
+
+def test_missing_records_file_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="records.jsonl"):
+        _shard(tmp_path, tmp_path)
