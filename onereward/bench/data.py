@@ -1,0 +1,98 @@
+"""Data-side benchmarks: sharding against plain tarfile, the reader, and the scale run."""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import webdataset as wds
+
+from onereward.data.reader import pair_dataset
+from onereward.data.records import RECORDS_FILE
+from onereward.data.sharding import ShardConfig, shard_dataset
+from onereward.data.synthetic import SynthesizeConfig, synthesize
+
+
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _plain_tar(root: Path, out: Path) -> None:
+    """The baseline: the same image bytes and metadata into one tar, no validation."""
+    with tarfile.open(out, "w") as tar:
+        for line in open(root / RECORDS_FILE):
+            rec = json.loads(line)
+            for rel in [rec["source"], rec["mask"], *rec["candidates"]]:
+                tar.add(root / rel, arcname=f"{rec['id']}.{Path(rel).name}")
+
+
+def shard_throughput(inputs: int, repeats: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        synthesize(tmp / "raw", SynthesizeConfig(num_inputs=inputs, workers=2))
+        run = iter(range(10**6))
+
+        def shard():
+            out = tmp / f"out{next(run)}"
+            out.mkdir()
+            shard_dataset(tmp / "raw", out / "shards", out / "m.parquet", out / "q.jsonl", ShardConfig(max_samples_per_shard=1000))
+
+        ours = _median_time(shard, repeats)
+        plain = _median_time(lambda: _plain_tar(tmp / "raw", tmp / "plain.tar"), repeats)
+        mb = sum(p.stat().st_size for p in (tmp / "raw" / "images").rglob("*.png")) / 1e6
+        first = tmp / "out0" / "shards"
+        pairs = _median_time(lambda: sum(1 for _ in pair_dataset(first, "train")), repeats)
+        n_pairs = sum(1 for _ in pair_dataset(first, "train"))
+        loader = wds.WebLoader(pair_dataset(first, "train").map(lambda p: p["label"]), batch_size=None, num_workers=2)
+        loaded = _median_time(lambda: sum(1 for _ in loader), repeats)
+    return {
+        "inputs": inputs,
+        "image_mb": round(mb, 1),
+        "shard_s": round(ours, 3),
+        "shard_inputs_per_s": round(inputs / ours, 1),
+        "shard_mb_per_s": round(mb / ours, 2),
+        "plain_tarfile_s": round(plain, 3),
+        "shard_vs_plain_tarfile": round(plain / ours, 3),
+        "reader_pairs_per_s": round(n_pairs / pairs, 1),
+        "webloader_2_workers_pairs_per_s": round(n_pairs / loaded, 1),
+    }
+
+
+def scale_child(phase: str, inputs: int, root: str) -> None:
+    """One phase in a fresh process, so that its peak RSS is its own."""
+    root = Path(root)
+    start = time.perf_counter()
+    if phase == "synthesize":
+        synthesize(root / "raw", SynthesizeConfig(num_inputs=inputs, workers=2))
+    else:
+        (root / "out").mkdir()
+        shard_dataset(root / "raw", root / "out" / "shards", root / "out" / "m.parquet", root / "out" / "q.jsonl",
+                      ShardConfig(max_samples_per_shard=5000))
+    seconds = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({f"{phase}_s": round(seconds, 1), f"{phase}_peak_rss_mb": round(peak_mb, 1)}))
+
+
+def scale(inputs: int) -> dict:
+    """Synthesize then shard ``inputs`` inputs: time and peak memory of each phase."""
+    result = {"inputs": inputs}
+    with tempfile.TemporaryDirectory() as tmp:
+        for phase in ("synthesize", "shard"):
+            out = subprocess.run(
+                [sys.executable, "-m", "onereward.bench", "scale-child", phase, "--inputs", str(inputs), "--root", tmp],
+                capture_output=True, text=True, check=True,
+            ).stdout
+            result.update(json.loads(out.strip().splitlines()[-1]))
+    return result
