@@ -1,0 +1,141 @@
+"""The tiny FLUX.1-Fill and the policy adapter against stock diffusers (tiny, CPU, seconds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import FluxFillPipeline, FluxTransformer2DModel
+
+from onereward.policy.adapter import FillPolicy
+from onereward.policy.inference import InferenceConfig, generate, task_prompts
+from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+
+H, W = 64, 48  # non-square on purpose: catches height/width mix-ups in packing
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("policy") / "tiny_flux_fill"
+    save_pipeline(build_tiny_pipeline(seed=0), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def policy(tiny_dir):
+    return FillPolicy.load(str(tiny_dir))
+
+
+def _inputs(batch: int = 1, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, H, W, generator=g)
+    masks = torch.zeros(batch, 1, H, W)
+    masks[..., 16:40, 8:32] = 1
+    return images, masks
+
+
+def test_saved_layout_is_flux_fill_dev_like(tiny_dir):
+    files = {p.relative_to(tiny_dir).as_posix() for p in tiny_dir.rglob("*") if p.is_file()}
+    assert "model_index.json" in files
+    assert not any(f.endswith((".bin", ".pt", ".pth", ".ckpt")) for f in files), files
+    for sub in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+        assert any(f.startswith(sub + "/") and f.endswith(".safetensors") for f in files), sub
+    tr = FluxTransformer2DModel.from_pretrained(tiny_dir / "transformer")
+    assert tr.config.in_channels == 384 and tr.config.out_channels == 64  # 64 noisy + 64 masked + 256 mask
+    assert tr.config.guidance_embeds
+
+
+def test_stock_pipeline_loads_and_generates(tiny_dir):
+    pipe = FluxFillPipeline.from_pretrained(str(tiny_dir))
+    assert pipe.vae_scale_factor == 8 and pipe.vae.config.latent_channels == 16
+    images, masks = _inputs()
+    out = pipe(prompt="a red circle", image=images, mask_image=masks, height=H, width=W,
+               num_inference_steps=2, guidance_scale=30.0, generator=torch.Generator().manual_seed(0),
+               output_type="pt").images
+    assert out.shape == (1, 3, H, W) and torch.isfinite(out).all()
+    assert out.std() > 0
+
+
+def test_generate_without_cfg_equals_stock_call(policy, tiny_dir):
+    """Same seed, same generator order: the adapter reproduces FluxFillPipeline bit for bit."""
+    pipe = FluxFillPipeline.from_pretrained(str(tiny_dir))
+    images, masks = _inputs(2)
+    prompts = ["a red circle", "the text \"SUN\""]
+    ours = generate(policy, images, masks, prompts, cfg=InferenceConfig(true_cfg=1.0, num_inference_steps=3, seed=7))
+    stock = pipe(prompt=prompts, image=images, mask_image=masks, height=H, width=W, num_inference_steps=3,
+                 guidance_scale=1.0, generator=torch.Generator().manual_seed(7), output_type="pt",
+                 max_sequence_length=policy.max_sequence_length).images
+    assert ours.shape == (2, 3, H, W)  # output size = input size
+    torch.testing.assert_close(ours, stock, rtol=0, atol=1e-6)
+
+
+def test_true_cfg_equals_two_stock_calls_combined(policy, tiny_dir):
+    """pred = neg + 4 (pos - neg) per step == one stock step with the prompt and one with "nsfw"
+    from the same latents, combined the same way (the Euler update is affine in the velocity)."""
+    pipe = FluxFillPipeline.from_pretrained(str(tiny_dir))
+    images, masks = _inputs()
+    n, scale = 4, 4.0
+    x = torch.randn(1, (H // 16) * (W // 16), 64, generator=torch.Generator().manual_seed(3))
+    cfg = InferenceConfig(num_inference_steps=n, seed=5)
+    assert (cfg.negative_prompt, cfg.true_cfg, cfg.guidance_scale) == ("nsfw", scale, 1.0)
+    ours = generate(policy, images, masks, ["a blue square"], cfg=cfg, latents=x, decode=False)
+
+    def stop_after_one(p, i, t, kw):
+        p._interrupt = True  # later steps are skipped: this call performs exactly step i
+        return {}
+
+    def stock_step(prompt, latents, i):
+        return pipe(prompt=prompt, image=images, mask_image=masks, height=H, width=W, latents=latents,
+                    strength=(n - i) / n, num_inference_steps=n, guidance_scale=1.0,
+                    generator=torch.Generator().manual_seed(5), output_type="latent",
+                    max_sequence_length=policy.max_sequence_length, callback_on_step_end=stop_after_one).images
+
+    for i in range(n):
+        pos, neg = stock_step("a blue square", x, i), stock_step("nsfw", x, i)
+        x = neg + scale * (pos - neg)
+    torch.testing.assert_close(ours, x, rtol=1e-4, atol=1e-5)
+    plain = generate(policy, images, masks, ["a blue square"], cfg=InferenceConfig(num_inference_steps=n, seed=5, true_cfg=1.0),
+                     latents=torch.randn(x.shape, generator=torch.Generator().manual_seed(3)), decode=False)
+    assert (plain - ours).abs().max() > 1e-3  # the guidance actually changes the result
+
+
+def test_one_step_x0_has_gradients_through_vae_decode(policy):
+    images, masks = _inputs(2)
+    cond, noise = policy.prepare(images, masks, ["a red circle", "remove"], torch.Generator().manual_seed(0))
+    n, t = 4, 2
+    x_t = policy.denoise(noise, cond, n, stop=t)
+    assert not x_t.requires_grad
+    tr = policy.transformer
+    tr.requires_grad_(True)
+    try:
+        img = policy.decode(policy.predict_x0(x_t, t, cond, n), H, W)
+        assert img.shape == (2, 3, H, W) and img.requires_grad
+        img.mean().backward()
+        grads = [p.grad for p in tr.parameters() if p.grad is not None]
+        assert grads and all(torch.isfinite(g).all() for g in grads)
+        assert sum(float(g.abs().sum()) for g in grads) > 0
+        assert all(p.grad is None for p in policy.vae.parameters())  # frozen VAE: passes gradient only
+    finally:
+        tr.zero_grad(set_to_none=True)
+        tr.requires_grad_(False)
+
+
+def test_x0_at_last_index_equals_full_euler_denoise(policy):
+    """The last Euler step goes to sigma 0, so it *is* the one-step x0 prediction."""
+    images, masks = _inputs()
+    cond, noise = policy.prepare(images, masks, ["a red circle"], torch.Generator().manual_seed(1))
+    n = 3
+    with torch.no_grad():
+        full = policy.denoise(noise, cond, n)
+        x0 = policy.predict_x0(policy.denoise(noise, cond, n, stop=n - 1), n - 1, cond, n)
+    torch.testing.assert_close(x0, full, rtol=1e-5, atol=1e-5)
+
+
+def test_sizes_must_be_multiples_of_16(policy):
+    images = torch.rand(1, 3, 40, 48)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        generate(policy, images, torch.ones(1, 1, 40, 48), ["x"], cfg=InferenceConfig(num_inference_steps=1))
+
+
+def test_task_presets_use_registry_prompts():
+    assert task_prompts(["removal", "extend", "extend", "fill"], ["ignored", None, "a cat", "a dog"]) == [
+        "remove", "high-definition, perfect composition", "a cat", "a dog"]
