@@ -66,3 +66,18 @@ def test_strict_mode_stops_at_first_bad_record_naming_it(tmp_path, micro_dataset
 def test_missing_records_file_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="records.jsonl"):
         _shard(tmp_path, tmp_path)
+
+
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_jpeg_is_accepted_and_truncated_jpeg_is_undecodable(tmp_path, micro_dataset, keep):
+    from PIL import Image
+
+    root, _ = _dataset_with(tmp_path, micro_dataset, "missing_file")
+    folder = root / "images" / "bad-record"
+    folder.mkdir(parents=True)
+    base = json.loads((root / RECORDS_FILE).read_text().splitlines()[-1])
+    Image.open(root / base["candidates"][0]).convert("RGB").save(folder / "full.jpg", quality=90)
+    data = (folder / "full.jpg").read_bytes()
+    (folder / "nowhere.png").write_bytes(data[: int(len(data) * keep)])  # the name does not decide the format
+    stats, quarantined = _shard(root, tmp_path)
+    assert [q["reason"] for q in quarantined] == ([] if keep == 1.0 else ["undecodable_image"])

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import webdataset as wds
 from tqdm import tqdm
 
-from onereward.data.records import RECORDS_FILE, Record, RecordError, parse_line, validate
+from onereward.data.records import RECORDS_FILE, Record, RecordError, check_structure, load_images, parse_line
 
 SPLITS = ("train", "val", "test")
 
@@ -51,6 +53,8 @@ class ShardConfig:
     """...or after this many bytes, whichever comes first."""
     strict: bool = False
     """Stop at the first bad record (exit non-zero) instead of quarantining it."""
+    workers: int = 2
+    """Processes that read and decode images; output bytes do not depend on it."""
 
     def __post_init__(self):
         if set(self.split) != set(SPLITS):
@@ -135,6 +139,55 @@ class _Manifest:
         self.writer.close()
 
 
+WINDOW = 256
+"""Records per batch handed to the image-checking workers (bounds memory)."""
+
+
+def _load(args) -> Record | RecordError:
+    obj, line, root = args
+    try:
+        return load_images(obj, line, root)
+    except RecordError as e:
+        return e
+
+
+def _checked(lines, root: Path, pool) -> Iterator[Record | RecordError]:
+    """Every non-blank line as a Record or a RecordError, in line order.
+
+    Structure checks run here, in order, since duplicate ids depend on what came before;
+    the costly image reads and decodes run in the pool, one window ahead of the writer.
+    """
+    seen_ids: set[str] = set()
+
+    def submit(batch):
+        todo = [b for b in batch if not isinstance(b, RecordError)]
+        return batch, (pool.map_async(_load, todo) if pool else list(map(_load, todo)))
+
+    def drain(batch, result):
+        loaded = iter(result.get() if pool else result)
+        for item in batch:
+            yield item if isinstance(item, RecordError) else next(loaded)
+
+    pending, batch = None, []
+    for line_no, text in enumerate(lines, start=1):
+        if not text.strip():
+            continue
+        try:
+            obj = parse_line(text, line_no)
+            check_structure(obj, line_no, seen_ids)
+            batch.append((obj, line_no, root))
+        except RecordError as e:
+            batch.append(e)
+        if len(batch) >= WINDOW:
+            submitted, batch = submit(batch), []
+            if pending:
+                yield from drain(*pending)
+            pending = submitted
+    if pending:
+        yield from drain(*pending)
+    yield from drain(*submit(batch))
+
+
 def shard_dataset(root: Path, shards_dir: Path, manifest_path: Path, quarantine_path: Path, cfg: ShardConfig) -> dict:
     """Validate, split and shard every record under ``root``; return the data stats."""
     records_file = Path(root) / RECORDS_FILE
@@ -144,23 +197,20 @@ def shard_dataset(root: Path, shards_dir: Path, manifest_path: Path, quarantine_
     quarantined = Counter()
     inputs = Counter()
     pairs: dict = defaultdict(lambda: defaultdict(Counter))
-    seen_ids: set[str] = set()
     writers = _SplitWriters(Path(shards_dir), cfg)
     manifest = _Manifest(Path(manifest_path))
+    pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
     try:
         with open(records_file, encoding="utf-8", errors="replace") as lines, open(quarantine_path, "w") as bad:
-            for line_no, text in enumerate(tqdm(lines, desc="shard", unit="rec"), start=1):
-                if not text.strip():
-                    continue
+            for item in tqdm(_checked(lines, Path(root), pool), desc="shard", unit="rec"):
                 counts["records_in"] += 1
-                try:
-                    record = validate(parse_line(text, line_no), line_no, Path(root), seen_ids)
-                except RecordError as e:
+                if isinstance(item, RecordError):
                     if cfg.strict:
-                        raise
-                    quarantined[e.reason] += 1
-                    bad.write(json.dumps(e.to_json(), sort_keys=True) + "\n")
+                        raise item
+                    quarantined[item.reason] += 1
+                    bad.write(json.dumps(item.to_json(), sort_keys=True) + "\n")
                     continue
+                record = item
                 split = split_of(record.id, cfg)
                 shard = writers.write(split, to_sample(record))
                 counts["accepted"] += 1
@@ -172,6 +222,8 @@ def shard_dataset(root: Path, shards_dir: Path, manifest_path: Path, quarantine_
                              winner=label["best"], loser=label["worst"], prompt=record.prompt, tags=record.tags)
                     )
     finally:
+        if pool:
+            pool.terminate()
         writers.close()
         manifest.close()
     stats = {
