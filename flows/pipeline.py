@@ -162,9 +162,13 @@ def record_experiment(workspace: str, name: str) -> str | None:
     tags=[DVC_TAG], cache_policy=NO_CACHE, persist_result=False, retries=3, retry_delay_seconds=exponential_backoff(10)
 )
 def push_outputs(workspace: str) -> None:
-    """``dvc push``: upload outputs to the DVC remote (network trouble is retried)."""
+    """``dvc push --run-cache``: outputs and run-cache to the DVC remote (network trouble is retried).
+
+    With the run-cache there, a fresh clone elsewhere restores unchanged stages instead of
+    recomputing them.
+    """
     logger = get_run_logger()
-    result = run_dvc(["push"], Path(workspace), logger.info)
+    result = run_dvc(["push", "--run-cache"], Path(workspace), logger.info)
     if result.returncode != 0:
         raise RuntimeError(f"dvc push failed (exit {result.returncode}):\n" + "\n".join(result.tail[-10:]))
 
@@ -224,7 +228,7 @@ def onereward_pipeline(
         exp_name: Name of the DVC experiment to save; defaults to the flow run's name
             when overrides are given. Setting it records an experiment even without overrides.
         pull: Pull missing inputs and cached outputs from the DVC remote (`dvc repro --pull`).
-        push: Push outputs to the DVC remote after the last stage (`dvc push`).
+        push: Push outputs and run-cache to the DVC remote after the last stage (`dvc push --run-cache`).
         workspace: DVC workspace to run in; defaults to this repository.
         retries: Retries per stage for transient failures (killed, lock or network trouble).
         retry_delay_seconds: First retry delay; it doubles with every retry.
