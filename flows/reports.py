@@ -76,7 +76,7 @@ def table_rows(data: Any) -> list[Row]:
 
 def report_link(workspace: Path, rel: str) -> str:
     """A markdown link that opens the file on the machine that ran the flow."""
-    return f"[`{rel}`]({(workspace / rel).resolve().as_uri()})"
+    return f"[{rel}]({(workspace / rel).resolve().as_uri()})"  # the UI shows no code spans in links
 
 
 def summary_markdown(

@@ -186,6 +186,7 @@ def test_workspace_lock_excludes_other_processes(tmp_path: Path) -> None:
 # --- the flow under prefect_test_harness ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_micro_pipeline_runs_then_is_a_noop(harness: None, tmp_path: Path) -> None:
     repo = _micro_repo(tmp_path / "repo")
     state, logs, artifacts = _run(target="shard", workspace=str(repo))
@@ -226,6 +227,7 @@ Path("data/gate.txt").write_text("ok")
 """
 
 
+@pytest.mark.slow
 def test_failing_stage_fails_the_run_and_a_rerun_skips_completed_stages(harness: None, tmp_path: Path) -> None:
     repo = _micro_repo(tmp_path / "repo", {"gate": {"ok": False}})
     # A tiny stage injected after shard, failing on a deliberately broken params value.
@@ -398,6 +400,7 @@ def _page_text(url: str, profile: Path, expect: re.Pattern[str], attempts: int =
     raise AssertionError(f"{url} never showed {expect.pattern!r}; last seen:\n{text[:3000]}")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="headless Chromium (Debian package `chromium`) is not installed")
 def test_ui_shows_the_scheduled_deployment_and_a_completed_run(tmp_path: Path) -> None:
     port = _free_port()
@@ -409,6 +412,7 @@ def test_ui_shows_the_scheduled_deployment_and_a_completed_run(tmp_path: Path) -
         "PREFECT_SERVER_API_HOST": "127.0.0.1",
         "PREFECT_SERVER_API_PORT": str(port),  # where the UI looks for the API
         "PREFECT_UI_API_URL": api,
+        "PREFECT_RUNNER_POLL_FREQUENCY": "1",  # serve picks the triggered run up at once
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "DVC_NO_ANALYTICS": "1",
