@@ -13,6 +13,7 @@ import dataclasses
 import fcntl
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -242,6 +243,7 @@ def run_dvc(
         errors="replace",
         bufsize=1,
         env=dvc_env(),
+        start_new_session=True,  # its own process group: stopping DVC stops the stage command too
     )
     tail: deque[str] = deque(maxlen=tail_lines)
     try:
@@ -253,11 +255,16 @@ def run_dvc(
                 on_line(line)
         returncode = proc.wait()
     finally:
-        if proc.poll() is None:  # cancelled or crashed while streaming: do not orphan DVC
-            proc.terminate()
+        if proc.poll() is None:  # cancelled or crashed while streaming: leave no stage running
+            _signal_group(proc, signal.SIGTERM)
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                proc.kill()
+                _signal_group(proc, signal.SIGKILL)
                 proc.wait()
     return DvcResult(returncode=returncode, tail=tuple(tail))
+
+
+def _signal_group(proc: subprocess.Popen[str], sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, sig)
