@@ -46,7 +46,14 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from flows import PROJECT_ROOT  # noqa: E402
 from flows.pipeline import onereward_pipeline  # noqa: E402
 from flows.reports import table_rows  # noqa: E402
-from flows.workspace import DvcResult, WorkspaceBusy, discover_stages, select_stages, workspace_lock  # noqa: E402
+from flows.workspace import (
+    DvcResult,
+    WorkspaceBusy,
+    discover_stages,
+    run_dvc,
+    select_stages,
+    workspace_lock,
+)  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 FAST = {"retries": 2, "retry_delay_seconds": 0.0, "lock_timeout_seconds": 30.0}
@@ -181,6 +188,27 @@ def test_workspace_lock_excludes_other_processes(tmp_path: Path) -> None:
             with workspace_lock(tmp_path, timeout=0.1, poll=0.05):
                 pass
     assert other_process().strip() == "acquired"
+
+
+def test_an_interrupted_stage_does_not_outlive_the_flow(tmp_path: Path) -> None:
+    """Cancelling a run (Prefect raises in the flow's thread) stops DVC and the stage command."""
+    marker = f"sleeper-{os.getpid()}"
+    cmd = f"python -c \"import time; print('{marker}', flush=True); time.sleep(120)\""
+    repo = _tiny_repo(tmp_path / "ws", {"slow": {"cmd": cmd, "outs": ["never.txt"]}}, {})
+
+    def cancel_on_start(line: str) -> None:
+        if line == marker:
+            raise KeyboardInterrupt
+
+    def running() -> bool:
+        return subprocess.run(["pgrep", "-f", marker], capture_output=True).returncode == 0
+
+    with pytest.raises(KeyboardInterrupt):
+        run_dvc(["repro", "--single-item", "slow"], repo, cancel_on_start)
+    deadline = time.monotonic() + 10
+    while running() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not running()
 
 
 # --- the flow under prefect_test_harness ------------------------------------------------------
