@@ -1,0 +1,189 @@
+"""Brief pre-training of the tiny FLUX.1-Fill so that its fills are plausible before RL.
+
+Two phases on random crops of the bundled photos: the VAE as an autoencoder (its latent
+scale and shift are then measured and written into its config, as FLUX's VAE has them), then
+the transformer with the ordinary rectified-flow inpainting objective, conditioned exactly as
+FluxFillPipeline conditions it (``FillPolicy.encode_condition``). Examples mirror the three
+tasks: fills with a prompted object or text drawn in, extends with the fixed prompt, removals.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from onereward import tasks
+from onereward.data import synthetic as syn
+from onereward.policy.adapter import FillPolicy
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """params.yaml `base_model` (tiny profile only)."""
+
+    seed: int = 0
+    """Seed of the architecture's init, the example stream, noise and timesteps."""
+    vae_steps: int = 400
+    """Autoencoder steps (reconstruction + small KL)."""
+    vae_lr: float = 2e-3
+    """AdamW learning rate of the VAE phase."""
+    vae_kl_weight: float = 1e-6
+    """Weight of the KL term (keeps latents near a Gaussian, as in SD/FLUX VAEs)."""
+    vae_crop: int = 32
+    """The VAE trains on random crops of this side (a multiple of 8): it is convolutional, and
+    small crops give four times the images per second of full 64-pixel ones."""
+    vae_batch_size: int = 32
+    """Crops per VAE step."""
+    steps: int = 1200
+    """Transformer flow-matching steps."""
+    lr: float = 1e-3
+    """AdamW learning rate of the transformer phase (cosine decay to 10%)."""
+    batch_size: int = 16
+    """Examples per step, both phases."""
+    prompt_dropout: float = 0.1
+    """Share of examples trained with an empty prompt, so true CFG has an unconditional branch."""
+    object_probability: float = 0.7
+    """Share of fill examples whose region gets the prompted object or text drawn in."""
+    pool_size: int = 2048
+    """Examples drawn once and sampled (with flips) by both phases."""
+
+
+def _box_inside(mask: np.ndarray, frac: float, rng) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
+    h, w = max(4, int((y1 - y0) * frac)), max(4, int((x1 - x0) * frac))
+    top = int(rng.integers(y0, max(y0 + 1, y1 - h + 1)))
+    left = int(rng.integers(x0, max(x0 + 1, x1 - w + 1)))
+    return left, top, left + w, top + h
+
+
+def example(rng, size: int, cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
+    """(target HxWx3 in [0,1], mask HxW bool, prompt) for one random task."""
+    weights = tasks.rl_task_weights()
+    task = str(rng.choice(list(weights), p=list(weights.values())))
+    target = syn.crop_photo(rng, size)
+    prompt = tasks.generation_prompt(task, None)
+    if task == "removal":  # the object sits under the mask, so the target is just the background
+        mask = np.zeros((size, size), bool)
+        h, w = (int(v) for v in rng.integers(size // 4, size // 2, size=2))
+        top, left = int(rng.integers(2, size - h - 2)), int(rng.integers(2, size - w - 2))
+        mask[top : top + h, left : left + w] = True
+    else:
+        mask = syn.fill_mask(size, rng) if task == "fill" else syn.border_mask(size, rng)
+        if task == "fill" and rng.random() < cfg.object_probability:
+            if rng.random() < 0.25:
+                content = syn.Content("text", word=str(rng.choice(syn.WORDS)))
+            else:
+                content = syn.Content("object", color=str(rng.choice(list(syn.COLORS))), shape=str(rng.choice(syn.SHAPES)))
+            frac = 0.75 if content.kind == "text" else 0.6
+            target = content.draw(target, _box_inside(mask, frac, rng))
+            prompt = content.prompt()
+    if rng.random() < cfg.prompt_dropout:
+        prompt = ""
+    return target, mask, prompt
+
+
+class ExamplePool:
+    """A fixed pool of examples drawn once (drawing is slower than a tiny model's step)."""
+
+    def __init__(self, size: int, cfg: PretrainConfig):
+        rng = np.random.default_rng([cfg.seed, 0])
+        items = [example(rng, size, cfg) for _ in tqdm(range(cfg.pool_size), desc="base_model examples", unit="ex")]
+        self.targets = torch.from_numpy(np.stack([t for t, _, _ in items])).permute(0, 3, 1, 2).float()
+        self.masks = torch.from_numpy(np.stack([m for _, m, _ in items])[:, None]).float()
+        self.prompts = [p for _, _, p in items]
+
+    def batch(self, rng, batch_size: int):
+        """(targets [B,3,H,W] in [0,1], masks [B,1,H,W], prompts), with random horizontal flips."""
+        idx = rng.integers(0, len(self.prompts), size=batch_size)
+        flip = torch.from_numpy(rng.random(batch_size) < 0.5)[:, None, None, None]
+        t, m = self.targets[idx], self.masks[idx]
+        t, m = torch.where(flip, t.flip(-1), t), torch.where(flip, m.flip(-1), m)
+        return t, m, [self.prompts[i] for i in idx]
+
+
+def _cosine(opt, steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / max(1, steps))))
+
+
+def _crop(x: torch.Tensor, side: int, rng) -> torch.Tensor:
+    """One random crop for the whole batch, aligned to the 8-pixel latent grid."""
+    if side >= x.shape[-1]:
+        return x
+    top, left = (int(v) // 8 * 8 for v in rng.integers(0, x.shape[-1] - side + 1, size=2))
+    return x[..., top : top + side, left : left + side]
+
+
+def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dict:
+    vae = policy.vae
+    # Start the posterior nearly deterministic (log-variance -10): with the default init its
+    # std is ~1 and the decoder first has to learn to see through that noise.
+    out = vae.encoder.conv_out
+    with torch.no_grad():
+        out.weight[vae.config.latent_channels :] = 0
+        out.bias[vae.config.latent_channels :] = -10.0
+    vae.train().requires_grad_(True)
+    rng = np.random.default_rng([cfg.seed, 1])
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    sched = _cosine(opt, cfg.vae_steps)
+    bar = tqdm(range(cfg.vae_steps), desc="base_model vae", unit="step")
+    for _ in bar:
+        x, _, _ = pool.batch(rng, cfg.vae_batch_size)
+        x = _crop(x * 2 - 1, cfg.vae_crop, rng)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(gen)).sample
+        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+    vae.eval().requires_grad_(False)
+    # FLUX normalises latents as (z - shift) * scale; measure both on fresh crops.
+    with torch.no_grad():
+        z = torch.cat([vae.encode(pool.batch(rng, 64)[0] * 2 - 1).latent_dist.mode() for _ in range(4)])
+    shift, scale = float(z.mean()), float(1.0 / z.std())
+    vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
+    return {"vae_loss": float(loss.detach()), "vae_shift": shift, "vae_scale": scale}
+
+
+def flow_loss(policy: FillPolicy, targets, masks, prompts, gen) -> torch.Tensor:
+    """Rectified-flow loss of FLUX-Fill: predict v = noise - x0 from x_t = (1-s) x0 + s noise."""
+    cond = policy.encode_condition(targets, masks, prompts, gen)
+    x0 = policy.encode_latents(targets, gen)
+    noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
+    # Timesteps shifted as the scheduler shifts them for this resolution (FLUX's dynamic shift).
+    _, sigmas = policy.timesteps(1000, cond.height, cond.width)
+    idx = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
+    s = sigmas[idx].to(x0.dtype)[:, None, None]
+    xt = (1 - s) * x0 + s * noise
+    v = policy.velocity(xt, s.flatten() * 1000, cond)
+    return F.mse_loss(v.float(), (noise - x0).float())
+
+
+def train_transformer(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dict:
+    tr = policy.transformer
+    tr.train().requires_grad_(True)
+    rng = np.random.default_rng([cfg.seed, 2])
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    opt = torch.optim.AdamW(tr.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = _cosine(opt, cfg.steps)
+    bar = tqdm(range(cfg.steps), desc="base_model flow", unit="step")
+    ema = None
+    for _ in bar:
+        targets, masks, prompts = pool.batch(rng, cfg.batch_size)
+        loss = flow_loss(policy, targets, masks, prompts, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        bar.set_postfix(loss=f"{ema:.4f}")
+    tr.eval().requires_grad_(False)
+    return {"flow_loss": ema}
