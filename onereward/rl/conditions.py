@@ -1,0 +1,116 @@
+"""RL conditions (image, mask, prompt, task) from the shards, held in memory, drawn per step.
+
+What a step draws is a pure function of (seed, step, rank): a resumed run draws exactly what
+the uninterrupted run drew, without saving any data-loader state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import zlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from onereward import tasks as registry
+from onereward.data.reader import input_dataset
+
+
+@contextlib.contextmanager
+def _whole_split():
+    """Read every shard in every process (the reader splits by RANK/WORLD_SIZE otherwise)."""
+    saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def key_seed(key: str) -> int:
+    """A stable 31-bit seed per input key (crc32: the same in every process and run)."""
+    return zlib.crc32(key.encode()) & 0x7FFFFFFF
+
+
+@dataclass
+class ConditionSet:
+    """Inputs of one split, sorted by key."""
+
+    keys: list[str]
+    tasks: list[str]
+    prompts: list[str | None]
+    images: torch.Tensor
+    """uint8 ``[N, 3, H, W]``: the user's input (region to generate greyed out)."""
+    masks: torch.Tensor
+    """uint8 ``[N, 1, H, W]``, 1 = region to generate."""
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def indices_of(self, task: str) -> np.ndarray:
+        return np.array([i for i, t in enumerate(self.tasks) if t == task], dtype=np.int64)
+
+    def subset(self, idx) -> "ConditionSet":
+        idx = [int(i) for i in idx]
+        return ConditionSet([self.keys[i] for i in idx], [self.tasks[i] for i in idx],
+                            [self.prompts[i] for i in idx], self.images[idx], self.masks[idx])
+
+    def tensors(self, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images in [0, 1] and binary masks as float tensors."""
+        idx = [int(i) for i in idx]
+        return (self.images[idx].to(device).float() / 255.0, self.masks[idx].to(device).float())
+
+    def generation_prompts(self, idx) -> list[str]:
+        return [registry.generation_prompt(self.tasks[i], self.prompts[i]) for i in idx]
+
+
+def load_conditions(shards_dir: str, split: str, limit: int = 0) -> ConditionSet:
+    rows = []
+    with _whole_split():
+        for item in input_dataset(shards_dir, split):
+            img = torch.from_numpy(np.array(item["source"].convert("RGB"))).permute(2, 0, 1).contiguous()
+            mask = torch.from_numpy((np.asarray(item["mask"].convert("L")) > 127).astype(np.uint8))[None]
+            rows.append((item["key"], item["task"], item["prompt"], img, mask))
+    if not rows:
+        raise ValueError(f"no inputs in split {split!r} under {shards_dir}")
+    rows.sort(key=lambda r: r[0])
+    if limit:
+        rows = rows[:limit]
+    return ConditionSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
+                        torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]))
+
+
+def validation_subset(conds: ConditionSet, size: int, seed: int) -> ConditionSet:
+    """A fixed, seeded subset with the tasks interleaved (keys sort by task otherwise)."""
+    order = np.random.default_rng([seed, 999]).permutation(len(conds))[:size]
+    return conds.subset(sorted(order.tolist(), key=lambda i: conds.keys[i]))
+
+
+@dataclass(frozen=True)
+class Draw:
+    """What one process uses in one step."""
+
+    task: str
+    index: list[int]
+    ref_seeds: list[int]
+    """Seeds of the reference noise e1, one per condition (few per key: cacheable)."""
+    policy_seeds: list[int]
+    """Seeds of the policy noise e2 (fresh every step)."""
+    t: int
+    """Schedule index where the policy predicts x0 with gradient."""
+
+
+def draw(conds: ConditionSet, seed: int, step: int, rank: int, batch_size: int,
+         reference_seeds: int, t_range: tuple[int, int]) -> Draw:
+    rng = np.random.default_rng([seed, step, rank])
+    weights = {t: w for t, w in registry.rl_task_weights().items() if len(conds.indices_of(t))}
+    names = sorted(weights)
+    p = np.array([weights[n] for n in names])
+    task = names[int(rng.choice(len(names), p=p / p.sum()))]
+    pool = conds.indices_of(task)
+    index = rng.choice(pool, size=batch_size, replace=len(pool) < batch_size).tolist()
+    ref = [key_seed(conds.keys[i]) * 16 + int(rng.integers(reference_seeds)) for i in index]
+    pol = [int(s) for s in rng.integers(0, 2**31 - 1, size=batch_size)]
+    t = int(rng.integers(t_range[0], t_range[1] + 1))
+    return Draw(task, index, ref, pol, t)

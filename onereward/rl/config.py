@@ -1,0 +1,98 @@
+"""params.yaml `train_policy`: every knob of the RL stage, typed and documented."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+ALGORITHMS = ("reference_ema", "dynamic")
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """PEFT LoRA on the transformer (used when ``finetune: lora``)."""
+
+    rank: int = 8
+    """LoRA rank r."""
+    alpha: float = 8.0
+    """LoRA scaling numerator (scale = alpha / rank)."""
+    target_modules: tuple[str, ...] = (
+        "to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out",
+        "ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp",
+    )
+    """Linear layers (name suffixes) that get adapters: attention and MLPs of both block kinds."""
+
+
+@dataclass(frozen=True)
+class TrainPolicyConfig:
+    """OneReward Alg. 1 / Alg. 2 (arXiv 2508.21066, Sec. 3.3)."""
+
+    algorithm: str = "reference_ema"
+    """'reference_ema': Alg. 1, frozen base as reference plus an EMA copy (three models);
+    'dynamic': Alg. 2, the EMA model is the reference (two models)."""
+    seed: int = 0
+    """Seeds task/condition sampling, noises e1/e2 and t (derived per step and rank, so a
+    resumed run draws exactly what an uninterrupted one draws)."""
+    steps: int = 300
+    """Optimizer steps (iterations)."""
+    batch_size: int = 4
+    """Conditions per step and process (paper: 8)."""
+    lr: float = 1e-4
+    """AdamW learning rate, constant after warm-up (paper: 1e-5 on FLUX.1-Fill-dev)."""
+    warmup_steps: int = 10
+    """Linear learning-rate warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping (global L2 norm)."""
+    reward_cap: float = 0.9
+    """lambda: loss_d = max(0, lambda - r_d); rewards above it give no gradient (anti reward hacking)."""
+    ema_decay: float = 0.95
+    """EMA rate: ema <- decay * ema + (1 - decay) * policy, after every step."""
+    num_inference_steps: int = 8
+    """Length of the flow-matching schedule for the reference and the policy rollout."""
+    t_range: tuple[int, int] = (2, 6)
+    """[t1, t2]: the policy denoises without gradient for t ~ U{t1..t2} steps of that schedule,
+    then predicts x0 in one step with gradient at schedule index t."""
+    guidance_scale: float = 1.0
+    """FLUX guidance-embedding value during rollouts."""
+    true_cfg: float = 1.0
+    """True CFG scale during rollouts (1.0: off; >1 batches a negative-prompt pass)."""
+    negative_prompt: str = "nsfw"
+    """Negative prompt when ``true_cfg`` > 1."""
+    reference_seeds: int = 1
+    """Noise seeds e1 per condition for the reference; Alg. 1 caches the reference image by
+    (condition, seed), so after one pass over the data the reference costs nothing."""
+    finetune: str = "full"
+    """'full' or 'lora'."""
+    lora: LoraSpec = field(default_factory=LoraSpec)
+    """LoRA settings (when ``finetune: lora``)."""
+    gradient_checkpointing: bool = True
+    """Recompute activations of the transformer, the VAE decoder and the judge in backward."""
+    checkpoint_every: int = 50
+    """Steps between resumable checkpoints (weights, optimizer, EMA, RNG, reference cache)."""
+    keep_checkpoints: int = 2
+    """Most recent checkpoints kept on disk."""
+    val_every: int = 25
+    """Steps between validation rewards (also at step 0 and at the end)."""
+    val_size: int = 24
+    """Validation conditions (a fixed, seeded subset of the val split)."""
+    judge: str = "data/models/judge"
+    """The trained judge (output of train_judge): a model or adapter directory, see Judge.load."""
+    shards: str = "data/shards"
+    """Shard root written by the shard stage (train and val splits)."""
+    max_conditions: int = 0
+    """Cap on train conditions held in memory (0: all)."""
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"train_policy.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
+        if self.finetune not in ("full", "lora"):
+            raise ValueError(f"train_policy.finetune must be 'full' or 'lora', got {self.finetune!r}")
+        t1, t2 = self.t_range
+        if not 0 <= t1 <= t2 < self.num_inference_steps:
+            raise ValueError(f"train_policy.t_range {self.t_range} must satisfy 0 <= t1 <= t2 < num_inference_steps")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("train_policy.ema_decay must be in [0, 1)")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

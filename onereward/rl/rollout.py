@@ -1,0 +1,89 @@
+"""One OneReward iteration's forward pass: reference image, policy x0 image, judge rewards, loss."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from onereward import tasks as registry
+from onereward.judge.queries import render_query
+from onereward.policy.adapter import Condition, FillPolicy
+from onereward.rl.config import TrainPolicyConfig
+
+
+def generators(seeds: list[int], device) -> list[torch.Generator]:
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+class Rollouts:
+    """Sampling with the knobs of the config (schedule length, guidance, true CFG)."""
+
+    def __init__(self, policy: FillPolicy, cfg: TrainPolicyConfig):
+        self.policy, self.cfg = policy, cfg
+        self._neg: dict[int, tuple] = {}
+
+    def velocity_kwargs(self, cond: Condition, transformer) -> dict:
+        kw = {"guidance_scale": self.cfg.guidance_scale, "transformer": transformer}
+        if self.cfg.true_cfg != 1.0:
+            embeds, pooled, _ = self.policy.encode_prompts([self.cfg.negative_prompt] * len(cond))
+            neg = Condition(embeds, pooled, cond.text_ids, cond.masked, cond.img_ids, cond.height, cond.width)
+            kw.update(neg=neg, true_cfg=self.cfg.true_cfg)
+        return kw
+
+    @torch.no_grad()
+    def sample(self, images, masks, prompts, seeds, transformer) -> torch.Tensor:
+        """Full denoise from the seeds' noise with ``transformer``; images in [0, 1]."""
+        cond, noise = self.policy.prepare(images, masks, prompts, generators(seeds, images.device))
+        return self.policy.sample(cond, noise, self.cfg.num_inference_steps, **self.velocity_kwargs(cond, transformer))
+
+    def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model) -> torch.Tensor:
+        """Denoise to schedule index ``t`` without gradient, then x0 in one step with gradient, decoded."""
+        p, n = self.policy, self.cfg.num_inference_steps
+        cond, noise = p.prepare(images, masks, prompts, generators(seeds, images.device))
+        x_t = p.denoise(noise, cond, n, stop=t, **self.velocity_kwargs(cond, rollout_model))
+        x0 = p.predict_x0(x_t, t, cond, n, **self.velocity_kwargs(cond, grad_model))
+        return p.decode(x0, cond.height, cond.width)
+
+
+@dataclass
+class Rewards:
+    """Judge rewards of one batch, one entry per (sample, dimension) pair."""
+
+    p_yes: torch.Tensor
+    sample: list[int]
+    dims: list[str]
+    task: str
+
+    def per_sample(self, batch: int) -> torch.Tensor:
+        """Mean reward over each sample's dimensions."""
+        idx = torch.tensor(self.sample, device=self.p_yes.device)
+        total = torch.zeros(batch, device=self.p_yes.device, dtype=self.p_yes.dtype).index_add(0, idx, self.p_yes)
+        count = torch.zeros(batch, device=self.p_yes.device).index_add(0, idx, torch.ones_like(self.p_yes))
+        return total / count
+
+    def by_dimension(self) -> dict[str, float]:
+        out = {}
+        for d in dict.fromkeys(self.dims):
+            out[d] = float(self.p_yes.detach()[[i for i, x in enumerate(self.dims) if x == d]].mean())
+        return out
+
+
+def judge_rewards(judge, first, second, task: str, prompts: list[str | None]) -> Rewards:
+    """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample."""
+    sample, dims, queries = [], [], []
+    for i, prompt in enumerate(prompts):
+        for d in registry.dimensions_for(task, prompt):
+            sample.append(i)
+            dims.append(d)
+            queries.append(render_query(task, d, prompt))
+    p = judge.p_yes(first[sample], second[sample], queries)
+    return Rewards(p, sample, dims, task)
+
+
+def capped_loss(rewards: Rewards, batch: int, cap: float) -> torch.Tensor:
+    """Mean over samples of the mean over the task's dimensions of max(0, lambda - r_d)."""
+    per_pair = torch.relu(cap - rewards.p_yes)
+    idx = torch.tensor(rewards.sample, device=per_pair.device)
+    count = torch.zeros(batch, device=per_pair.device).index_add(0, idx, torch.ones_like(per_pair))
+    return (per_pair / count[idx]).sum() / batch

@@ -1,0 +1,291 @@
+"""The OneReward training loop (Alg. 1 and Alg. 2): sample -> reward -> optimize -> EMA.
+
+Runs alone or under ``accelerate launch`` (DDP; FSDP config shipped for GPUs). Every process
+draws its own conditions from (seed, step, rank); the main process validates, logs and saves.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType
+from tqdm import tqdm
+
+from onereward.config import Profile
+from onereward.io import atomic_path, dumps_json
+from onereward.policy.adapter import DTYPES, FillPolicy
+from onereward.rl import checkpoint as ckpt_mod
+from onereward.rl.conditions import ConditionSet, draw, key_seed, load_conditions, validation_subset
+from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.ema import Snapshot, trainable_state
+from onereward.rl.rollout import Rollouts, capped_loss, judge_rewards
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where the stage reads and writes."""
+
+    out: Path = Path("data/models/policy_rl")
+    """Trained weights (diffusers layout) and a summary."""
+    checkpoints: Path = Path("data/checkpoints/train_policy")
+    """Resumable checkpoints (not a DVC output: ``dvc repro`` must not delete them)."""
+    live: Path = Path("dvclive/train_policy")
+    """DVCLive per-step logs."""
+    reports: Path = Path("reports/train_policy")
+    """Validation reward curve (DVC plot) and final metrics."""
+
+
+def fingerprint(cfg: TrainPolicyConfig, profile: Profile, world_size: int) -> str:
+    """Checkpoints resume only into a run with the same settings."""
+    blob = json.dumps({"cfg": cfg.to_dict(), "profile": profile.__dict__, "world": world_size}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def setup_policy(cfg: TrainPolicyConfig, profile: Profile, acc: Accelerator) -> FillPolicy:
+    policy = FillPolicy.load(profile.policy_model, acc.device, DTYPES[profile.dtype])
+    tr = policy.transformer
+    if cfg.finetune == "lora":
+        from peft import LoraConfig
+
+        torch.manual_seed(cfg.seed)  # LoRA init is part of the run's determinism
+        tr.add_adapter(LoraConfig(r=cfg.lora.rank, lora_alpha=cfg.lora.alpha, init_lora_weights="gaussian",
+                                  target_modules=list(cfg.lora.target_modules)))
+    else:
+        tr.requires_grad_(True)
+    for p in tr.parameters():  # fp32 master weights for what is trained, even in a bf16 model
+        if p.requires_grad:
+            p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        tr.enable_gradient_checkpointing()
+        policy.vae.enable_gradient_checkpointing()
+    tr.train()
+    return policy
+
+
+class Validator:
+    """Mean reward P(Yes | policy, frozen base) on fixed validation conditions and noises."""
+
+    def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
+        self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
+        self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
+
+    def _images(self, seeds, model) -> torch.Tensor:
+        out = []
+        for s in range(0, len(self.conds), self.batch):
+            idx = list(range(s, min(s + self.batch, len(self.conds))))
+            images, masks = self.conds.tensors(idx, self.device)
+            out.append(self.rollouts.sample(images, masks, self.conds.generation_prompts(idx), [seeds[i] for i in idx], model))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        images = self._images([key_seed(k) * 16 + 14 for k in self.conds.keys], model)
+        per_sample = torch.zeros(len(self.conds))
+        for task in sorted(set(self.conds.tasks)):
+            idx = [i for i, t in enumerate(self.conds.tasks) if t == task]
+            r = judge_rewards(self.judge, images[idx], self.base[idx], task, [self.conds.prompts[i] for i in idx])
+            per_sample[idx] = r.per_sample(len(idx)).float().cpu()
+        out = {"reward": float(per_sample.mean())}
+        for task in sorted(set(self.conds.tasks)):
+            out[task] = float(per_sample[[i for i, t in enumerate(self.conds.tasks) if t == task]].mean())
+        return out
+
+
+def _open_live(paths: Paths, resume_from: Path | None):
+    from dvclive import Live
+
+    if resume_from is not None and resume_from.exists():
+        shutil.rmtree(paths.live, ignore_errors=True)
+        shutil.copytree(resume_from, paths.live)
+    # dvcyaml=False: the pipeline's dvc.yaml is written by hand; DVCLive must not edit it.
+    return Live(str(paths.live), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=False)
+
+
+def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judge_loader=None) -> dict:
+    """Run (or resume) training; returns the final metrics. ``judge_loader(device, dtype)`` overrides Judge.load."""
+    train_conds = load_conditions(cfg.shards, "train", cfg.max_conditions)
+    val_conds = validation_subset(load_conditions(cfg.shards, "val"), cfg.val_size, cfg.seed)
+    on_gpu = profile.device.startswith("cuda")
+    acc = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu and profile.dtype == "bfloat16" else "no")
+    rank, main = acc.process_index, acc.is_main_process
+    if acc.distributed_type == DistributedType.FSDP:
+        # Snapshot.bind runs the EMA/reference through functional_call on full tensors and the
+        # checkpoints save local tensors; both need FSDP-aware versions that are not written yet.
+        raise NotImplementedError("train_policy does not support FSDP yet: use configs/accelerate/ddp.yaml "
+                                  "(with finetune: lora for FLUX.1-Fill-dev on one GPU per process)")
+    torch.manual_seed(cfg.seed)
+    dtype = DTYPES[profile.dtype]
+
+    policy = setup_policy(cfg, profile, acc)
+    if judge_loader is None:
+        from onereward.judge.model import Judge
+
+        judge = Judge.load(cfg.judge, device=acc.device, dtype=dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+    else:
+        judge = judge_loader(acc.device, dtype)
+    judge.requires_grad_(False).eval()
+
+    tr = policy.transformer
+    initial = Snapshot(tr)  # frozen base: Alg. 1's reference and the validation baseline
+    ema = Snapshot(tr, cfg.ema_decay)
+    params = [p for p in tr.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model, opt = acc.prepare(tr, opt)
+    rollouts = Rollouts(policy, cfg)
+    frozen_reference = cfg.algorithm == "reference_ema"
+    refcache: dict[str, torch.Tensor] = {}
+
+    ckpt = ckpt_mod.Checkpointer(paths.checkpoints, fingerprint(cfg, profile, acc.num_processes), acc, cfg.keep_checkpoints)
+    ckpt.clear_stale()
+    start, val_rows, live_snapshot = 0, [], None
+    latest = ckpt.latest()
+    if latest is not None:
+        state = ckpt.load(latest, opt)
+        with torch.no_grad():
+            for n, p in trainable_state(tr).items():
+                p.copy_(state["trainable"][n])
+        ema.load_state_dict(state["ema"])
+        refcache = dict(state["refcache"])
+        start, val_rows, live_snapshot = state["step"], state["extra"].get("val", []), state["dvclive"]
+        acc.print(f"train_policy: resumed from {latest} (step {start})")
+
+    live = _open_live(paths, live_snapshot) if main else None
+    validator = None
+    if main:
+        with acc.autocast():
+            validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device)
+
+    def validate(step: int) -> None:
+        if main:
+            with acc.autocast():
+                row = {"step": step, **validator(tr)}
+            val_rows.append(row)
+            live.log_metric("val/reward", row["reward"], plot=True)
+            for k, v in row.items():
+                if k not in ("step", "reward"):
+                    live.log_metric(f"val/reward_{k}", v, plot=True)
+            acc.print(f"train_policy: step {step} validation reward {row['reward']:.4f}")
+        acc.wait_for_everyone()
+
+    def reference(d, images, masks, prompts) -> torch.Tensor:
+        """Alg. 1: frozen base, cached by (condition, seed). Alg. 2: the EMA model, recomputed."""
+        keys = [f"{train_conds.keys[i]}|{s}" for i, s in zip(d.index, d.ref_seeds)]
+        todo = [j for j, k in enumerate(keys) if not (frozen_reference and k in refcache)]
+        out = [refcache.get(k) for k in keys]
+        if todo:
+            runner = initial.bind(tr) if frozen_reference else ema.bind(tr)
+            fresh = rollouts.sample(images[todo], masks[todo], [prompts[j] for j in todo], [d.ref_seeds[j] for j in todo], runner)
+            for j, img in zip(todo, fresh):
+                out[j] = img
+                if frozen_reference:
+                    refcache[keys[j]] = img.detach().cpu()
+        return torch.stack([o.to(acc.device) for o in out])
+
+    if main:
+        live.step = start
+    if start == 0:
+        validate(0)
+    bar = tqdm(range(start, cfg.steps), desc=f"train_policy {cfg.algorithm}", unit="step", disable=not main,
+               initial=start, total=cfg.steps)
+    for step in bar:
+        d = draw(train_conds, cfg.seed, step, rank, cfg.batch_size, cfg.reference_seeds, cfg.t_range)
+        images, masks = train_conds.tensors(d.index, acc.device)
+        prompts = train_conds.generation_prompts(d.index)
+        raw_prompts = [train_conds.prompts[i] for i in d.index]
+        with acc.autocast():
+            ref = reference(d, images, masks, prompts)
+            img = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model)
+            rewards = judge_rewards(judge, img, ref, d.task, raw_prompts)
+            loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
+        acc.backward(loss)
+        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        for g in opt.param_groups:
+            g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.update(tr)
+
+        if main:
+            per_sample = rewards.per_sample(len(d.index)).detach().float()
+            live.step = step + 1
+            live.log_metric("train/loss", float(loss.detach()))
+            live.log_metric("train/reward", float(per_sample.mean()))
+            live.log_metric("train/reward_std", float(per_sample.std()) if len(per_sample) > 1 else 0.0)
+            live.log_metric("train/grad_norm", float(grad_norm))
+            live.log_metric("train/t", d.t)
+            for dim, v in rewards.by_dimension().items():
+                live.log_metric(f"reward/{d.task}/{dim}", v)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", reward=f"{float(per_sample.mean()):.3f}", task=d.task)
+        done = step + 1
+        if done % cfg.val_every == 0 or done == cfg.steps:
+            validate(done)
+        if main:
+            live.next_step()
+        if done % cfg.checkpoint_every == 0 and done < cfg.steps:
+            ckpt.save(done, trainable_state(tr), ema.state_dict(), opt, refcache, paths.live if main else None,
+                      extra={"val": val_rows})
+
+    # DDP replicas must hold the same weights: compare a checksum across processes.
+    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
+    sums = acc.gather(checksum)
+    run = {"world_size": acc.num_processes, "weights_in_sync": bool((sums == sums[0]).all())}
+    metrics = {}
+    if main:
+        live.end()
+        metrics = save_outputs(cfg, policy, ema, val_rows, paths, run)
+    acc.wait_for_everyone()
+    if main:
+        shutil.rmtree(paths.checkpoints, ignore_errors=True)  # finished: nothing left to resume
+    acc.end_training()
+    return metrics
+
+
+def _write_curve(rows: list[dict], path: Path) -> None:
+    cols = ["step", "reward"] + sorted({k for r in rows for k in r} - {"step", "reward"})
+    lines = [",".join(cols)] + [",".join(f"{r[c]:.6f}" if c != "step" else str(r[c]) for c in cols) for r in rows]
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+
+
+def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_rows: list[dict], paths: Paths,
+                 run: dict) -> dict:
+    """Policy and EMA weights in diffusers layout (or LoRA files), the reward curve and metrics."""
+    tr = policy.transformer
+    with atomic_path(paths.out) as tmp:
+        tmp.mkdir()
+        if cfg.finetune == "lora":
+            from diffusers import FluxFillPipeline
+            from peft.utils import get_peft_model_state_dict
+
+            # LoraConfig as safetensors metadata: stock load_lora_weights then scales it right
+            meta = {"r": cfg.lora.rank, "lora_alpha": cfg.lora.alpha, "target_modules": sorted(cfg.lora.target_modules)}
+            full = {**tr.state_dict(), **ema.state_dict()}
+            for name, state in (("lora", None), ("lora_ema", full)):
+                FluxFillPipeline.save_lora_weights(tmp / name, transformer_lora_layers=get_peft_model_state_dict(tr, state_dict=state),
+                                                   transformer_lora_adapter_metadata=meta)
+        else:
+            tr.save_pretrained(tmp / "transformer", safe_serialization=True)
+            live = {n: p.detach().clone() for n, p in trainable_state(tr).items()}
+            with torch.no_grad():
+                for n, p in trainable_state(tr).items():
+                    p.copy_(ema.tensors[n])
+                tr.save_pretrained(tmp / "transformer_ema", safe_serialization=True)
+                for n, p in trainable_state(tr).items():
+                    p.copy_(live[n])
+        metrics = {
+            "algorithm": cfg.algorithm,
+            "steps": cfg.steps,
+            "val_reward_start": round(val_rows[0]["reward"], 6) if val_rows else None,
+            "val_reward_end": round(val_rows[-1]["reward"], 6) if val_rows else None,
+        }
+        (tmp / "train_policy.json").write_text(dumps_json({"config": cfg.to_dict(), "metrics": metrics, **run}))
+    _write_curve(val_rows, paths.reports / "val_reward.csv")
+    with atomic_path(paths.reports / "metrics.json") as tmp:
+        tmp.write_text(dumps_json(metrics))
+    return metrics
