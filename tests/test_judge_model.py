@@ -1,0 +1,159 @@
+"""The tiny judge: built in code, saved as safetensors, P(Yes) as documented, batching, gradients."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+from onereward.judge.model import Judge, JudgeMeta
+from onereward.judge.queries import render_query
+from onereward.judge.tiny import SPECIAL_TOKENS, TinyJudgeConfig, save_tiny_judge
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 56
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("judge_base")
+    save_tiny_judge(TinyJudgeConfig(seed=0), path)
+    JudgeMeta(resolution=RES).write(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def judge(base) -> Judge:
+    return Judge.load(base)
+
+
+def images(n: int, seed: int) -> torch.Tensor:
+    return torch.rand(n, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+QUERIES = [
+    render_query("fill", "text_alignment", "a red circle on a long wooden table"),
+    render_query("removal", "removal_quality"),
+    render_query("extend", "aesthetics"),
+]
+
+
+def test_saved_with_safetensors_only_and_no_remote_code(base):
+    names = {p.name for p in base.iterdir()}
+    assert "model.safetensors" in names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl"))]
+    config = json.loads((base / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
+    assert "auto_map" not in config  # nothing for trust_remote_code to run
+
+
+def test_loading_refuses_pickled_weights(base, tmp_path):
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(base)
+    torch.save(model.state_dict(), tmp_path / "pytorch_model.bin")  # a pickled checkpoint
+    for f in base.iterdir():
+        if f.suffix != ".safetensors":
+            (tmp_path / f.name).write_bytes(f.read_bytes())
+    assert not list(tmp_path.glob("*.safetensors"))
+    with pytest.raises(OSError, match="safetensors"):
+        Judge.load(tmp_path)
+
+
+def test_no_source_file_enables_trust_remote_code():
+    pattern = re.compile(r"trust_remote_code\s*=\s*True")
+    files = list((REPO / "onereward").rglob("*.py")) + list((REPO / "stages").rglob("*.py"))
+    assert files
+    offenders = [str(f) for f in files if pattern.search(f.read_text())]
+    assert not offenders
+
+
+def test_tokenizer_round_trips_with_qwen_special_tokens(base):
+    tok = AutoTokenizer.from_pretrained(base)
+    config = json.loads((base / "config.json").read_text())
+    assert config["image_token_id"] == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert config["vision_start_token_id"] == tok.convert_tokens_to_ids("<|vision_start|>")
+    for t in SPECIAL_TOKENS:
+        assert len(tok.encode(t, add_special_tokens=False)) == 1
+    assert len(tok.encode("Yes", add_special_tokens=False)) == 1
+    assert len(tok.encode("No", add_special_tokens=False)) == 1
+    text = "Ünïcode, digits 12345 and {braces}"
+    assert tok.decode(tok.encode(text, add_special_tokens=False)) == text
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+        tokenize=False, add_generation_prompt=True,
+    )
+    assert chat.endswith("<|vision_start|><|image_pad|><|vision_end|>hi<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_same_seed_same_weights(tmp_path):
+    save_tiny_judge(TinyJudgeConfig(seed=3), tmp_path / "a")
+    save_tiny_judge(TinyJudgeConfig(seed=3), tmp_path / "b")
+    assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
+
+
+def test_p_yes_is_softmax_over_yes_and_no(judge, base):
+    """Recompute with the stock image processor and a plain forward: softmax over {Yes, No}."""
+    a, b = images(1, 0), images(1, 1)
+    query = QUERIES[0]
+    p = judge.p_yes(a, b, [query])
+
+    proc = Qwen2VLImageProcessorPil.from_pretrained(base)
+    pil = [Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for x in (a, b)]
+    vision = proc(images=pil, size={"shortest_edge": RES * RES, "longest_edge": (RES + 14) ** 2}, return_tensors="pt")
+    ids = torch.tensor([judge.query_ids(query)])
+    out = judge.model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        mm_token_type_ids=(ids == judge.model.config.image_token_id).long(),
+        pixel_values=vision["pixel_values"],
+        image_grid_thw=vision["image_grid_thw"],
+    )
+    logits = out.logits[0, -1]
+    two = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=0)
+    assert torch.allclose(p, two[:1], atol=1e-5)
+    full = torch.softmax(logits, dim=0)[judge.yes_id]
+    assert not torch.allclose(p, full.reshape(1), atol=1e-3)  # not the whole-vocabulary softmax
+    assert 0.0 < p.item() < 1.0
+
+
+def test_batched_scores_equal_one_by_one(judge):
+    a, b = images(3, 2), images(3, 3)
+    batched = judge.score(a, b, QUERIES, batch_size=3)
+    single = torch.cat([judge.score(a[i : i + 1], b[i : i + 1], QUERIES[i : i + 1]) for i in range(3)])
+    assert torch.allclose(batched, single, atol=1e-5)
+    assert batched.std() > 0  # different inputs, different scores
+
+
+def test_symmetric_score(judge):
+    a, b = images(3, 4), images(3, 5)
+    s = judge.symmetric_score(a, b, QUERIES)
+    expected = 0.5 * (judge.score(a, b, QUERIES) + 1 - judge.score(b, a, QUERIES))
+    assert torch.allclose(s, expected, atol=1e-6)
+    assert torch.allclose(judge.symmetric_score(b, a, QUERIES), 1 - s, atol=1e-6)
+
+
+def test_p_yes_is_differentiable_in_the_images(judge):
+    a = images(2, 6).requires_grad_(True)
+    p = judge.p_yes(a, images(2, 7), QUERIES[:2])
+    p.sum().backward()
+    assert torch.isfinite(a.grad).all() and a.grad.abs().sum() > 0
+
+
+def test_gradient_checkpointing_gives_the_same_gradient(base):
+    plain, ckpt = Judge.load(base), Judge.load(base, gradient_checkpointing=True)
+    grads = []
+    for j in (plain, ckpt):
+        j.model.train()
+        x = images(2, 8).requires_grad_(True)
+        j.p_yes(x, images(2, 9), QUERIES[:2]).sum().backward()
+        grads.append(x.grad)
+    assert ckpt.model.is_activation_checkpointing
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
+
+
+def test_query_must_match_batch(judge):
+    with pytest.raises(ValueError, match="queries"):
+        judge.p_yes(images(2, 0), images(2, 1), QUERIES[:1])
