@@ -84,10 +84,10 @@ def run_fill(args: argparse.Namespace) -> int:
     from transformers.utils import logging as tlog
 
     from onereward.fill import fill, load_policy
+    from onereward.policy.inference import InferenceConfig
 
     dlog.disable_progress_bar()  # one result line, not loader bars
     tlog.disable_progress_bar()
-    from onereward.policy.inference import InferenceConfig
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")

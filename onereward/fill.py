@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from onereward.tasks import TASKS, get_task, has_user_prompt
+from onereward.tasks import TASKS, generation_prompt, get_task, has_user_prompt
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     from onereward.policy.adapter import FillPolicy
@@ -96,8 +96,6 @@ def resolve_prompt(task: str, prompt: str | None) -> str:
     t = get_task(task)
     if t.prompt == "required" and not has_user_prompt(task, prompt):
         raise FillInputError(f"task {task!r} needs a prompt (--prompt); extend and removal work without one")
-    from onereward.tasks import generation_prompt
-
     return generation_prompt(task, prompt)
 
 
@@ -132,7 +130,7 @@ def resolve_model(model: str, transformer: str | None = None) -> tuple[str, str 
         base = json.loads(meta.read_text()).get("base_model")
         if not base:
             raise FillInputError(f"{meta} names no base_model; pass the base pipeline as --model and this folder as --transformer")
-        return resolve_model(base, transformer or str(p / "transformer"))[0], transformer or str(p / "transformer")
+        return resolve_model(base)[0], transformer or str(p / "transformer")
     raise FillInputError(f"{model} is neither a FLUX.1-Fill pipeline folder (model_index.json) nor an export")
 
 

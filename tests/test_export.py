@@ -181,3 +181,19 @@ def test_stock_diffusers_loads_and_runs_the_export_without_project_code(exported
     from PIL import Image
 
     assert Image.open(png).size == (48, 32)
+
+
+def test_transformer_only_export_loads_on_its_base(exported, tmp_path):
+    """The real profile's layout (full_pipeline: false): `onereward fill --model EXPORT` finds the base."""
+    from onereward.fill import load_policy, resolve_model
+
+    out = tmp_path / "export"
+    card = CardInfo(params={}, code_version="x", data_versions={}, metrics={})
+    export(str(exported["base"]), find_tuned(exported["full"], "live"), None, out,
+           ExportConfig(full_pipeline=False), torch.float32, card)
+    assert not (out / "model_index.json").exists() and (out / "transformer" / "config.json").is_file()
+    assert resolve_model(str(out)) == (str(exported["base"]), str(out / "transformer"))
+    policy = load_policy(str(out))
+    live = load_file(str(exported["full"] / "transformer" / "diffusion_pytorch_model.safetensors"))
+    state = policy.transformer.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in live.items())

@@ -170,3 +170,12 @@ def test_console_script_runs_the_tiny_model(files, model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert Image.open(out).size == (W, H)
     assert "Traceback" not in proc.stderr
+
+
+def test_judge_subcommand_hands_its_arguments_to_the_judge_cli(monkeypatch):
+    import onereward.judge.cli as judge_cli
+
+    seen = []
+    monkeypatch.setattr(judge_cli, "main", lambda argv: seen.append(argv) or 0)
+    assert cli.main(["judge", "--task", "fill", "a.png", "b.png", "--symmetric"]) == 0
+    assert seen == [["--task", "fill", "a.png", "b.png", "--symmetric"]]

@@ -1,0 +1,48 @@
+"""params.yaml `evaluate`: every knob of the evaluation stage, typed and documented."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Benchmark size, generation settings and the decision rules of the reports."""
+
+    split: str = "test"
+    """Held-out split the benchmark is drawn from (never seen by the judge or the policy)."""
+    per_setting: int = 4
+    """Inputs per evaluation setting (registry EVAL_SETTINGS), the first by key; 0: all.
+    The paper: 130 fill, 200 extend (half with prompt), 100 removal."""
+    seed: int = 0
+    """Base seed; each input's noise seed is derived from it and the input key, so base and
+    tuned (and any batch composition) draw the same noise for the same input."""
+    num_inference_steps: int = 50
+    """Denoising steps for both models (official default 50; the tiny profile uses fewer)."""
+    true_cfg: float = 4.0
+    """True CFG scale (official 4.0)."""
+    guidance_scale: float = 1.0
+    """FLUX guidance-embedding value (official 1.0)."""
+    negative_prompt: str = "nsfw"
+    """Negative prompt of true CFG (official "nsfw")."""
+    gsb_margin: float = 0.05
+    """GSB rule: Good if the mean symmetric preference for tuned over base exceeds 0.5 + margin,
+    Bad if below 0.5 - margin, Same otherwise."""
+    usable_share: float = 0.5
+    """Usability rule: an output is usable if, on every dimension of its task, the judge prefers
+    it to at least this share of the input's annotated candidates."""
+    judge_batch_size: int = 16
+    """Image pairs per judge forward."""
+    grid_scale: int = 2
+    """Integer upscaling of images in the PNG grids (nearest neighbour)."""
+
+    def __post_init__(self):
+        if not 0.0 <= self.gsb_margin < 0.5:
+            raise ValueError(f"evaluate.gsb_margin must be in [0, 0.5), got {self.gsb_margin}")
+        if not 0.0 < self.usable_share <= 1.0:
+            raise ValueError(f"evaluate.usable_share must be in (0, 1], got {self.usable_share}")
+        if self.num_inference_steps < 1 or self.per_setting < 0 or self.grid_scale < 1:
+            raise ValueError("evaluate: num_inference_steps and grid_scale must be >= 1, per_setting >= 0")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
