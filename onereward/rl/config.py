@@ -91,6 +91,8 @@ class TrainPolicyConfig:
         t1, t2 = self.t_range
         if not 0 <= t1 <= t2 < self.num_inference_steps:
             raise ValueError(f"train_policy.t_range {self.t_range} must satisfy 0 <= t1 <= t2 < num_inference_steps")
+        if not 1 <= self.reference_seeds <= 14:  # seeds key*16 + 14/15 are the validation noises
+            raise ValueError("train_policy.reference_seeds must be in [1, 14]")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train_policy.ema_decay must be in [0, 1)")
 
