@@ -2,8 +2,8 @@
 
 Each copy comes from ``make_repo_copy`` (code and params; no data, no DVC cache) and runs DVC.
 
-- Always: the real `synthesize` and `shard` stages at micro size, then `export` and `evaluate`
-  (``dvc repro --single-item``) on seeded tiny stand-ins for the trained judge and policy.
+- Always: the real `synthesize`, `shard`, `export` and `evaluate` stages (``dvc repro
+  --single-item``) at micro size, with seeded tiny stand-ins for the trained judge and policy.
   About 1.5 minutes on two shared cores.
 - With ``ONEREWARD_FULL_REPRO=1``: the whole chain, ``dvc repro evaluate`` (synthesize ... train_judge,
   eval_judge, train_policy, export, evaluate) at micro size: about 2.5 minutes per copy there.
@@ -104,11 +104,11 @@ def test_two_clean_copies_give_identical_reports(tmp_path, stand_ins):
     repos = []
     for name in ("a", "b"):
         repo = make_repo_copy(tmp_path / name, MICRO_EVAL)
-        run_dvc(repo, "repro", "shard")
         shutil.copytree(stand_ins / "data" / "models", repo / "data" / "models")
         shutil.copytree(stand_ins / "reports", repo / "reports", dirs_exist_ok=True)
-        out = run_dvc(repo, "repro", "--single-item", "export", "evaluate").stdout
-        assert "Running stage 'export'" in out and "Running stage 'evaluate'" in out
+        out = run_dvc(repo, "repro", "--single-item", "synthesize", "shard", "export", "evaluate").stdout
+        ran = [line.split("'")[1] for line in out.splitlines() if line.startswith("Running stage")]
+        assert ran == ["synthesize", "shard", "export", "evaluate"], out
         repos.append(repo)
     files = _assert_identical(*repos)
     assert {"data_stats.json", "eval_metrics.json", "paper_tables.md", "eval_gsb.csv", "eval_scores.json",
