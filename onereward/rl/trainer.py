@@ -74,6 +74,7 @@ class Validator:
     def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
         self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
         self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
+        self.last: torch.Tensor | None = None
 
     def _images(self, seeds, model) -> torch.Tensor:
         out = []
@@ -86,6 +87,7 @@ class Validator:
     @torch.no_grad()
     def __call__(self, model) -> dict[str, float]:
         images = self._images([key_seed(k) * 16 + 14 for k in self.conds.keys], model)
+        self.last = images
         per_sample = torch.zeros(len(self.conds))
         for task in sorted(set(self.conds.tasks)):
             idx = [i for i, t in enumerate(self.conds.tasks) if t == task]
@@ -238,12 +240,31 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     metrics = {}
     if main:
         live.end()
+        if validator.last is None:  # resumed at the very end: no validation ran here
+            with acc.autocast():
+                validator(tr)
+        save_grid(val_conds, validator, paths.reports / "val_samples.png")
         metrics = save_outputs(cfg, policy, ema, val_rows, paths, run)
     acc.wait_for_everyone()
     if main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # finished: nothing left to resume
     acc.end_training()
     return metrics
+
+
+def save_grid(conds: ConditionSet, validator: Validator, path: Path, n: int = 8) -> None:
+    """Rows: input, frozen base, trained policy for the first ``n`` validation conditions (PNG).
+
+    Reward hacking shows here first: a rising curve with images drifting away from the base.
+    """
+    import numpy as np
+    from PIL import Image
+
+    n = min(n, len(conds))
+    rows = [conds.tensors(range(n), "cpu")[0], validator.base[:n].float().cpu(), validator.last[:n].float().cpu()]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+    with atomic_path(path) as tmp:
+        Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _write_curve(rows: list[dict], path: Path) -> None:
