@@ -1,0 +1,125 @@
+"""Judge training and evaluation examples: the query table joined with the shards' images.
+
+The query table (``data/queries.parquet``, written by the ``queries`` stage) has one row per
+(input, dimension, order); the images come from ``onereward.data.reader.input_dataset``.
+Streaming by input keeps memory flat for a real annotation set.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from onereward.judge.image import to_tensor
+from onereward.judge.queries import QueryTemplates
+from onereward.tasks import dimensions_for
+
+QUERY_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("split", pa.string()),
+        ("task", pa.string()),
+        ("dimension", pa.string()),
+        ("order", pa.int8()),  # 0: winner shown first, 1: loser shown first
+        ("first", pa.int32()),  # candidate index shown first
+        ("second", pa.int32()),
+        ("label", pa.int8()),  # 1 when the first image is the winner
+        ("query", pa.string()),
+        ("template_version", pa.string()),
+    ]
+)
+
+
+def render_rows(manifest_rows: Iterable[dict], templates: QueryTemplates) -> list[dict]:
+    """Both orders of every manifest pair, sorted by (split, key, dimension, order)."""
+    rows = []
+    for m in manifest_rows:
+        if m["dimension"] not in dimensions_for(m["task"], m["prompt"]):
+            raise ValueError(f"{m['key']}: dimension {m['dimension']!r} is not judged for this input")
+        query = templates.render(m["task"], m["dimension"], m["prompt"])
+        for order, (first, second) in enumerate(((m["winner"], m["loser"]), (m["loser"], m["winner"]))):
+            rows.append(
+                {
+                    "key": m["key"], "split": m["split"], "task": m["task"], "dimension": m["dimension"],
+                    "order": order, "first": first, "second": second, "label": 1 - order,
+                    "query": query, "template_version": str(templates.version),
+                }
+            )
+    rows.sort(key=lambda r: (r["split"], r["key"], r["dimension"], r["order"]))
+    return rows
+
+
+def write_query_table(rows: list[dict], path: str | Path) -> None:
+    table = pa.Table.from_pylist(rows, schema=QUERY_SCHEMA)
+    pq.write_table(table, path, compression="zstd")
+
+
+def read_query_table(path: str | Path, split: str | None = None) -> list[dict]:
+    rows = pq.read_table(path).to_pylist()
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+@dataclass
+class Example:
+    """One judge input: two images, a query, and the answer the winner-first order expects."""
+
+    first: torch.Tensor
+    second: torch.Tensor
+    query: str
+    label: int
+    key: str
+    task: str
+    dimension: str
+    order: int
+
+
+def examples(inputs: Iterable[dict], rows: list[dict]) -> Iterator[Example]:
+    """Join input samples (``input_dataset`` dicts) with their query rows."""
+    by_key: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        by_key[r["key"]].append(r)
+    for item in inputs:
+        mine = by_key.get(item["key"])
+        if not mine:
+            continue
+        cands = [to_tensor(c) for c in item["candidates"]]
+        for r in mine:
+            yield Example(cands[r["first"]], cands[r["second"]], r["query"], r["label"], r["key"], r["task"], r["dimension"], r["order"])
+
+
+def shuffled(stream: Iterable, buffer: int, rng: random.Random) -> Iterator:
+    """Deterministic shuffle buffer over a stream (pairs of one input get spread out)."""
+    buf = []
+    for x in stream:
+        buf.append(x)
+        if len(buf) >= buffer:
+            yield buf.pop(rng.randrange(len(buf)))
+    while buf:
+        yield buf.pop(rng.randrange(len(buf)))
+
+
+def batched(stream: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    batch = []
+    for x in stream:
+        batch.append(x)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def stack(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+    return (
+        torch.stack([e.first for e in batch]),
+        torch.stack([e.second for e in batch]),
+        [e.query for e in batch],
+        torch.tensor([e.label for e in batch], dtype=torch.float32),
+    )

@@ -1,0 +1,122 @@
+"""Pairwise accuracy of the judge, per task and dimension, and the paper's Table 1."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from onereward.tasks import DIMENSIONS, TASKS
+
+# OneReward (arXiv 2508.21066) Table 1: accuracy (%) of the reward model against human labels.
+PAPER_TABLE1: dict[str, dict[str, float]] = {
+    "fill": {"text_alignment": 83.77, "consistency": 74.23, "structure": 74.63, "aesthetics": 72.10},
+    "extend": {"text_alignment": 80.36, "consistency": 72.50, "structure": 74.29, "aesthetics": 71.10},
+    "removal": {"removal_quality": 84.93},
+}
+TABLE1_COLUMNS = ("text_alignment", "consistency", "structure", "aesthetics", "removal_quality")
+
+
+def pair_results(rows: list[dict], p_yes: list[float]) -> list[dict]:
+    """Join both orders of each pair: symmetric score, per-order correctness, agreement.
+
+    A pair counts as correct when its order-symmetric score, mean(P(Yes | w, l), P(No | l, w)),
+    is above 0.5. Orders agree when both single-order answers name the same winner.
+    """
+    by_pair: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
+    meta = {}
+    for r, p in zip(rows, p_yes):
+        by_pair[(r["key"], r["dimension"])][r["order"]] = float(p)
+        meta[(r["key"], r["dimension"])] = r["task"]
+    out = []
+    for (key, dim), orders in sorted(by_pair.items()):
+        if set(orders) != {0, 1}:
+            raise ValueError(f"pair {key}/{dim} lacks one of its two orders")
+        p_wl, p_lw = orders[0], orders[1]
+        out.append(
+            {
+                "key": key, "task": meta[(key, dim)], "dimension": dim,
+                "score": 0.5 * (p_wl + 1.0 - p_lw),
+                "correct": 0.5 * (p_wl + 1.0 - p_lw) > 0.5,
+                "correct_wl": p_wl > 0.5,
+                "correct_lw": p_lw < 0.5,
+                "consistent": (p_wl > 0.5) == (p_lw < 0.5),
+            }
+        )
+    return out
+
+
+def summarize(pairs: list[dict]) -> dict:
+    """Accuracy (%) per task x dimension, means, and order consistency."""
+    cells: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    for p in pairs:
+        cells[p["task"]][p["dimension"]].append(p)
+
+    def pct(items, field):
+        return round(100.0 * sum(bool(i[field]) for i in items) / len(items), 2) if items else None
+
+    table = {
+        task: {
+            dim: {
+                "accuracy": pct(items, "correct"),
+                "accuracy_single_order": round((pct(items, "correct_wl") + pct(items, "correct_lw")) / 2, 2),
+                "order_consistency": pct(items, "consistent"),
+                "pairs": len(items),
+            }
+            for dim, items in sorted(dims.items())
+        }
+        for task, dims in sorted(cells.items())
+    }
+    accs = [c["accuracy"] for dims in table.values() for c in dims.values()]
+    return {
+        "cells": table,
+        "mean_accuracy": round(sum(accs) / len(accs), 2) if accs else None,
+        "min_cell_accuracy": min(accs) if accs else None,
+        "pair_accuracy": pct(pairs, "correct"),
+        "order_consistency": pct(pairs, "consistent"),
+        "pairs": len(pairs),
+    }
+
+
+def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy (%)") -> str:
+    """The paper's Table 1 layout; each cell is ``ours (paper)``, '-' where not judged."""
+    cols = TABLE1_COLUMNS
+    lines = [
+        f"## {title}",
+        "",
+        "Each cell: ours (paper). Ours: test-split pairwise accuracy of the order-symmetric score "
+        "mean(P(Yes | winner, loser), P(No | loser, winner)) > 0.5; paper: OneReward Table 1.",
+        "",
+        "| task | " + " | ".join(DIMENSIONS[c].title for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, task in TASKS.items():
+        cells = []
+        for c in cols:
+            ours = summary["cells"].get(name, {}).get(c)
+            paper = PAPER_TABLE1.get(name, {}).get(c)
+            if c not in task.dimensions:
+                cells.append("-")
+            else:
+                o = f"{ours['accuracy']:.2f}" if ours else "n/a"
+                cells.append(f"{o} ({paper:.2f})" if paper is not None else o)
+        lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Mean over filled cells: {summary['mean_accuracy']:.2f} (paper: "
+        f"{sum(v for d in PAPER_TABLE1.values() for v in d.values()) / sum(len(d) for d in PAPER_TABLE1.values()):.2f}); "
+        f"over all {summary['pairs']} test pairs: {summary['pair_accuracy']:.2f}.",
+        "",
+        "## Order consistency (%) and test pairs per cell",
+        "",
+        "Order consistency: how often P(Yes | a, b) and P(Yes | b, a) name the same winner.",
+        "",
+        "| task | " + " | ".join(DIMENSIONS[c].title for c in cols) + " |",
+        "|---|" + "---|" * len(cols),
+    ]
+    for name, task in TASKS.items():
+        cells = []
+        for c in cols:
+            ours = summary["cells"].get(name, {}).get(c)
+            cells.append(f"{ours['order_consistency']:.2f} (n={ours['pairs']})" if ours else "-")
+        lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
+    lines += ["", f"Overall order consistency: {summary['order_consistency']:.2f}.", ""]
+    return "\n".join(lines)

@@ -1,0 +1,295 @@
+"""Judge fine-tuning with OneReward's Eq. 3 on both orders of every pair.
+
+    L = -1/2 [ log P(Yes | winner, loser, q) + log P(No | loser, winner, q) ]
+
+Every query-table row is one order of one pair, so the batch mean of the binary cross-entropy
+between ``sigmoid(logit_Yes - logit_No)`` and the row's label is exactly Eq. 3 averaged over
+pairs. PEFT LoRA or full fine-tuning, AdamW, warmup + cosine, gradient clipping, periodic
+checkpoints (safetensors only) and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from onereward.io import atomic_path, dumps_json
+from onereward.judge.data import Example, batched, examples, shuffled, stack
+from onereward.judge.metrics import pair_results, summarize
+from onereward.judge.model import Judge, JudgeMeta
+
+InputsFn = Callable[[str, bool, int], Iterable[dict]]
+"""(split, shuffle, seed) -> input samples as ``onereward.data.reader.input_dataset`` yields them."""
+
+
+@dataclass(frozen=True)
+class TrainJudgeConfig:
+    """params.yaml `train_judge` (after the active profile's overrides are applied)."""
+
+    finetune: str = "lora"
+    """'lora' (PEFT LoRA on ``lora_targets``) or 'full' (every weight)."""
+    lora_rank: int = 16
+    """LoRA rank r."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (the update is scaled by alpha / r)."""
+    lora_dropout: float = 0.05
+    """Dropout on the LoRA branch input."""
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    """Module names that get LoRA adapters (PEFT ``target_modules``)."""
+    lr: float = 1.0e-6
+    """Peak AdamW learning rate (paper: 1e-6 for full fine-tuning of the 7B judge)."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    batch_size: int = 16
+    """Query rows per optimizer step (paper: 16); both orders of a pair share a batch."""
+    steps: int = 1000
+    """Optimizer steps."""
+    warmup_steps: int = 50
+    """Linear warmup steps before the cosine decay (to 10% of ``lr``)."""
+    grad_clip: float = 1.0
+    """Max global gradient norm."""
+    eval_every: int = 100
+    """Validation accuracy every this many steps (and at the end)."""
+    checkpoint_every: int = 100
+    """Checkpoint (weights, optimizer, RNG) every this many steps; a rerun resumes from it."""
+    seed: int = 0
+    """Seed of data order, LoRA init and dropout."""
+    shuffle_buffer: int = 256
+    """Pairs in the shuffle buffer that spreads one input's pairs over batches."""
+    flip: bool = True
+    """Mirror both images of a pair left-right with probability 1/2 (augmentation)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory (GPU, large judges)."""
+    eval_batch_size: int = 64
+    """Rows per forward pass when scoring the validation split."""
+
+    def __post_init__(self):
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"train_judge.finetune must be 'lora' or 'full', got {self.finetune!r}")
+
+    def fingerprint(self, **extra) -> str:
+        """Identifies a run, so a checkpoint resumes only the run that wrote it."""
+        blob = json.dumps({**asdict(self), **extra}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def make_trainable(judge: Judge, cfg: TrainJudgeConfig) -> list[torch.nn.Parameter]:
+    """Wrap the judge's model with LoRA (or unfreeze it) and return the trainable parameters."""
+    if cfg.finetune == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=list(cfg.lora_targets), bias="none",
+        )
+        judge.model = get_peft_model(judge.model, lora)
+    else:
+        judge.model.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        judge.enable_gradient_checkpointing()
+    return [p for p in judge.model.parameters() if p.requires_grad]
+
+
+def lr_at(step: int, cfg: TrainJudgeConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+def eq3_loss(margin: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Eq. 3 over a batch of rows: -log P(Yes) where the winner is first, -log P(No) otherwise."""
+    return F.binary_cross_entropy_with_logits(margin, label.to(margin.device))
+
+
+def pairs_of(stream: Iterable[Example]) -> Iterator[tuple[Example, ...]]:
+    """Group consecutive rows of one pair (both orders) into a tuple."""
+    group: list[Example] = []
+    for e in stream:
+        if group and (e.key, e.dimension) != (group[0].key, group[0].dimension):
+            yield tuple(group)
+            group = []
+        group.append(e)
+    if group:
+        yield tuple(group)
+
+
+def flipped(pair: tuple[Example, ...]) -> tuple[Example, ...]:
+    """The same pair mirrored left-right: every judged degradation is mirror-invariant."""
+    return tuple(replace(e, first=e.first.flip(-1), second=e.second.flip(-1)) for e in pair)
+
+
+def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig) -> Iterator[list]:
+    """Endless, deterministic batches: epoch e shuffles inputs and pairs with seed (seed, e).
+
+    Both orders of a pair stay in one batch, so the gradient of every pair is Eq. 3's
+    antisymmetric signal, without the order-symmetric part that only adds noise.
+    """
+    epoch = 0
+    pairs_per_batch = max(1, cfg.batch_size // 2)
+    while True:
+        rng = random.Random(cfg.seed * 100_003 + epoch)
+        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows))
+        for group in batched(shuffled(stream, cfg.shuffle_buffer, rng), pairs_per_batch):
+            if len(group) == pairs_per_batch:  # drop the ragged tail: fixed batch statistics
+                if cfg.flip:
+                    group = [flipped(p) if rng.random() < 0.5 else p for p in group]
+                yield [e for pair in group for e in pair]
+        epoch += 1
+
+
+@torch.no_grad()
+def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_size: int, desc: str = "score") -> list[float]:
+    """P(Yes) for every row (aligned with ``rows``), reading each input's images once."""
+    index = {(r["key"], r["dimension"], r["order"]): i for i, r in enumerate(rows)}
+    out: list[float | None] = [None] * len(rows)
+    was_training = judge.model.training
+    judge.model.eval()
+    with tqdm(total=len(rows), desc=desc, unit="row", leave=False) as bar:
+        for batch in batched(examples(inputs, rows), batch_size):
+            first, second, queries, _ = stack(batch)
+            for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
+                out[index[(e.key, e.dimension, e.order)]] = p
+            bar.update(len(batch))
+    judge.model.train(was_training)
+    missing = [rows[i]["key"] for i, p in enumerate(out) if p is None]
+    if missing:
+        raise ValueError(f"{len(missing)} query rows have no images in the shards, e.g. {missing[:3]}")
+    return out
+
+
+def save_checkpoint(path: Path, step: int, fingerprint: str, judge: Judge, opt: torch.optim.Optimizer) -> None:
+    """Trainable weights, AdamW moments and RNG state as safetensors, counters as JSON."""
+    named = {n: p for n, p in judge.model.named_parameters() if p.requires_grad}
+    index = {id(p): n for n, p in named.items()}
+    moments = {}
+    steps = {}
+    for group in opt.param_groups:
+        for p in group["params"]:
+            st = opt.state.get(p)
+            if st:
+                n = index[id(p)]
+                moments[f"{n}::exp_avg"] = st["exp_avg"].detach().contiguous()
+                moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().contiguous()
+                steps[n] = float(st["step"])
+    with atomic_path(path) as tmp:
+        tmp.mkdir()
+        save_file({n: p.detach().contiguous() for n, p in named.items()}, tmp / "trainable.safetensors")
+        save_file(moments, tmp / "optimizer.safetensors")
+        save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
+        (tmp / "state.json").write_text(dumps_json({"step": step, "fingerprint": fingerprint, "adam_steps": steps}))
+
+
+def load_checkpoint(path: Path, fingerprint: str, judge: Judge, opt: torch.optim.Optimizer) -> int:
+    """Restore a checkpoint written by the same run; returns the step to continue from (0: none)."""
+    state_file = path / "state.json"
+    if not state_file.is_file():
+        return 0
+    state = json.loads(state_file.read_text())
+    if state["fingerprint"] != fingerprint:
+        print(f"train_judge: ignoring checkpoint {path} from a different configuration")
+        return 0
+    named = dict(judge.model.named_parameters())
+    weights = load_file(path / "trainable.safetensors")
+    with torch.no_grad():
+        for n, t in weights.items():
+            named[n].copy_(t)
+    moments = load_file(path / "optimizer.safetensors")
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = next(k for k, v in named.items() if v is p)
+            if n in state["adam_steps"]:
+                opt.state[p] = {
+                    "step": torch.tensor(state["adam_steps"][n]),
+                    "exp_avg": moments[f"{n}::exp_avg"].to(p.device),
+                    "exp_avg_sq": moments[f"{n}::exp_avg_sq"].to(p.device),
+                }
+    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    print(f"train_judge: resumed from step {state['step']}")
+    return int(state["step"])
+
+
+def save_judge(judge: Judge, cfg: TrainJudgeConfig, base: str, out: Path, template_version) -> None:
+    """Adapter (LoRA) or full model, loadable by ``Judge.load(out)`` and by stock transformers/peft."""
+    out.mkdir(parents=True, exist_ok=True)
+    judge.model.save_pretrained(out, safe_serialization=True)
+    if cfg.finetune == "lora":
+        meta = JudgeMeta(resolution=judge.resolution, base=base, adapter=True, template_version=template_version)
+    else:
+        judge.tokenizer.save_pretrained(out)
+        from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+        Qwen2VLImageProcessorPil.from_pretrained(base).save_pretrained(out)
+        meta = JudgeMeta(resolution=judge.resolution, template_version=template_version)
+    meta.write(out)
+
+
+def train(
+    judge: Judge,
+    cfg: TrainJudgeConfig,
+    inputs_fn: InputsFn,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    ckpt_dir: Path | None = None,
+    log: Callable[[int, dict], None] | None = None,
+) -> list[dict]:
+    """Fine-tune ``judge`` in place; returns the per-step history of logged metrics."""
+    seed_everything(cfg.seed)
+    params = make_trainable(judge, cfg)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=len(train_rows))
+    start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0
+    judge.model.train()
+    stream = batch_stream(inputs_fn, train_rows, cfg)
+    for _ in range(start):  # replay the data order up to the checkpoint (no compute)
+        next(stream)
+    history: list[dict] = []
+    losses: list[float] = []
+    bar = tqdm(range(start, cfg.steps), desc="train_judge", unit="step", initial=start, total=cfg.steps)
+    for step in bar:
+        first, second, queries, label = stack(next(stream))
+        for g in opt.param_groups:
+            g["lr"] = lr_at(step, cfg)
+        loss = eq3_loss(judge.margin(first, second, queries), label)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+        done = step + 1
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            metrics = {"loss": sum(losses) / len(losses), "lr": lr_at(step, cfg)}
+            losses = []
+            if val_rows:
+                p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val")
+                s = summarize(pair_results(val_rows, p))
+                metrics.update({"val_accuracy": s["pair_accuracy"], "val_mean_accuracy": s["mean_accuracy"]})
+            history.append({"step": done, **metrics})
+            if log:
+                log(done, metrics)
+        if ckpt_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
+            save_checkpoint(ckpt_dir / "latest", done, fingerprint, judge, opt)
+    judge.model.eval()
+    return history
+
+
+def clear_checkpoints(ckpt_dir: Path) -> None:
+    shutil.rmtree(ckpt_dir, ignore_errors=True)

@@ -1,0 +1,46 @@
+"""Stage `judge_base`: the judge's base checkpoint at ``data/models/judge_base``.
+
+Tiny profile: build the random-init Qwen2.5-VL and its tokenizer in code and save them
+(safetensors) so every later stage loads them by path. Real profile: write only a pointer
+(``judge.json``) to the profile's model id or path; nothing is downloaded here.
+"""
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from onereward.io import atomic_path
+from onereward.judge.model import JudgeMeta
+from onereward.judge.params import judge_section
+from onereward.judge.tiny import TinyJudgeConfig, save_tiny_judge
+
+OUT = Path("data/models/judge_base")
+
+
+@dataclass(frozen=True)
+class JudgeBaseConfig:
+    """params.yaml `judge_base`."""
+
+    resolution: int = 448
+    """Judge input side in pixels (a multiple of 28); every image is resized to it."""
+    tiny: TinyJudgeConfig = field(default_factory=TinyJudgeConfig)
+    """Sizes and seed of the tiny judge (tiny profile only)."""
+
+
+def main() -> None:
+    cfg, profile = judge_section(JudgeBaseConfig, "judge_base")
+    if cfg.resolution % 28:
+        raise SystemExit(f"judge_base.resolution must be a multiple of 28, got {cfg.resolution}")
+    with atomic_path(OUT) as tmp:
+        tmp.mkdir()
+        if profile.is_tiny:
+            if Path(profile.judge_model) != OUT:
+                raise SystemExit(f"tiny profile: judge_model must be {OUT}, got {profile.judge_model}")
+            save_tiny_judge(cfg.tiny, tmp)
+            JudgeMeta(resolution=cfg.resolution).write(tmp)
+        else:
+            JudgeMeta(resolution=cfg.resolution, base=profile.judge_model).write(tmp)
+    print(f"judge_base: {'tiny judge' if profile.is_tiny else 'pointer to ' + profile.judge_model} at {OUT}")
+
+
+if __name__ == "__main__":
+    main()

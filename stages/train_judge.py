@@ -1,0 +1,58 @@
+"""Stage `train_judge`: fine-tune the judge with Eq. 3 (both orders), log with DVCLive.
+
+Writes the trained judge to ``data/models/judge`` (a LoRA adapter or a full model, plus
+``judge.json``); checkpoints go to ``data/models/judge_ckpt`` and a rerun resumes from them.
+"""
+
+from pathlib import Path
+
+import torch
+
+from onereward.data.reader import input_dataset
+from onereward.io import atomic_path
+from onereward.judge.data import read_query_table
+from onereward.judge.model import Judge, JudgeMeta
+from onereward.judge.params import judge_section
+from onereward.judge.train import TrainJudgeConfig, save_judge, train
+
+BASE = Path("data/models/judge_base")
+QUERIES = Path("data/queries.parquet")
+SHARDS = Path("data/shards")
+OUT = Path("data/models/judge")
+CKPT = Path("data/models/judge_ckpt")
+LIVE = Path("dvclive/train_judge")
+
+
+def main() -> None:
+    from dvclive import Live
+
+    cfg, profile = judge_section(TrainJudgeConfig, "train_judge")
+    rows = read_query_table(QUERIES)
+    train_rows = [r for r in rows if r["split"] == "train"]
+    val_rows = [r for r in rows if r["split"] == "val"]
+    versions = sorted({r["template_version"] for r in rows})
+    judge = Judge.load(BASE, device=profile.device, dtype=getattr(torch, profile.dtype))
+    meta = JudgeMeta.read(BASE)
+    base = meta.base if meta and meta.base else str(BASE)
+
+    def inputs(split: str, shuffle: bool, seed: int):
+        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed)
+
+    # dvcyaml=None: dvc.yaml is written by people, not by the logger
+    with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+
+        def log(step: int, metrics: dict) -> None:
+            live.step = step
+            for k, v in metrics.items():
+                live.log_metric(k, v)
+            live.next_step()
+
+        history = train(judge, cfg, inputs, train_rows, val_rows, ckpt_dir=CKPT, log=log)
+    with atomic_path(OUT) as tmp:
+        save_judge(judge, cfg, base, tmp, template_version=",".join(versions))
+    last = history[-1] if history else {}
+    print(f"train_judge: {cfg.finetune} fine-tuning, {cfg.steps} steps, last {last}")
+
+
+if __name__ == "__main__":
+    main()

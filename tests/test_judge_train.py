@@ -1,0 +1,148 @@
+"""Judge training: Eq. 3, LoRA and full fine-tuning, stock-peft reload, checkpoints and resume."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Qwen2_5_VLForConditionalGeneration
+
+from onereward.judge.data import render_rows, stack, examples
+from onereward.judge.model import Judge, JudgeMeta
+from onereward.judge.queries import load_templates
+from onereward.judge.train import TrainJudgeConfig, eq3_loss, save_judge, score_rows, train
+from onereward.judge.tiny import TinyJudgeConfig, save_tiny_judge
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("judge_base")
+    save_tiny_judge(TinyJudgeConfig(seed=0), path)
+    JudgeMeta(resolution=56).write(path)
+    return path
+
+
+def make_inputs(n: int, seed: int) -> list[dict]:
+    """Inputs in input_dataset's shape: the winner is the brighter candidate."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        base = rng.uniform(0.2, 0.6, (64, 64, 3))
+        cands = [Image.fromarray((np.clip(base + d, 0, 1) * 255).astype(np.uint8)) for d in (0.3, -0.2)]
+        task, dim = [("fill", "aesthetics"), ("removal", "removal_quality"), ("extend", "consistency")][i % 3]
+        out.append(
+            {"key": f"{task}-{seed:02d}{i:04d}", "task": task, "prompt": None, "tags": [], "source": cands[0],
+             "mask": Image.new("L", (64, 64), 255), "candidates": cands, "labels": {dim: {"best": 0, "worst": 1}}}
+        )
+    return out
+
+
+def rows_for(inputs: list[dict], split: str) -> list[dict]:
+    manifest = [
+        {"key": x["key"], "split": split, "task": x["task"], "dimension": d, "winner": l["best"], "loser": l["worst"], "prompt": x["prompt"]}
+        for x in inputs for d, l in x["labels"].items()
+    ]
+    return render_rows(manifest, load_templates())
+
+
+DATA = {"train": make_inputs(8, 0), "val": make_inputs(3, 1)}
+
+
+def inputs_fn(split, shuffle, seed):
+    return list(DATA[split])
+
+
+def mean_loss(judge: Judge, rows) -> float:
+    with torch.no_grad():
+        first, second, queries, label = stack(list(examples(DATA["train"], rows)))
+        return eq3_loss(judge.margin(first, second, queries), label).item()
+
+
+def test_eq3_is_the_mean_of_both_orders():
+    margin = torch.tensor([2.0, -1.0])  # winner-first row, loser-first row of one pair
+    loss = eq3_loss(margin, torch.tensor([1.0, 0.0]))
+    p_yes_wl, p_no_lw = torch.sigmoid(margin[0]), 1 - torch.sigmoid(margin[1])
+    assert torch.isclose(loss, -0.5 * (torch.log(p_yes_wl) + torch.log(p_no_lw)))
+
+
+def test_query_rows_hold_both_orders():
+    rows = rows_for(DATA["train"], "train")
+    assert len(rows) == 2 * len(DATA["train"])
+    for a, b in zip(rows[::2], rows[1::2]):
+        assert (a["order"], a["label"], b["order"], b["label"]) == (0, 1, 1, 0)
+        assert (a["first"], a["second"]) == (b["second"], b["first"]) and a["query"] == b["query"]
+
+
+def test_lora_steps_reduce_loss_and_adapter_reloads_with_stock_peft(base, tmp_path):
+    from peft import PeftModel
+
+    rows = rows_for(DATA["train"], "train")
+    cfg = TrainJudgeConfig(finetune="lora", lora_rank=8, lora_alpha=16, lora_dropout=0.0, lr=1e-2,
+                           batch_size=16, steps=16, warmup_steps=1, eval_every=100, checkpoint_every=100)
+    judge = Judge.load(base)
+    before = mean_loss(judge, rows)
+    train(judge, cfg, inputs_fn, rows, [])
+    after = mean_loss(judge, rows)
+    assert after < before - 0.1
+    assert all(not p.requires_grad for n, p in judge.model.named_parameters() if "lora_" not in n)
+
+    out = tmp_path / "judge"
+    save_judge(judge, cfg, str(base), out, template_version="1")
+    names = {p.name for p in out.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "judge.json"} <= names
+    assert not [n for n in names if n.endswith((".bin", ".pt", ".pth"))]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base)
+
+    # stock transformers + peft, no project code: same answers as the trained judge
+    stock = PeftModel.from_pretrained(Qwen2_5_VLForConditionalGeneration.from_pretrained(base), str(out)).eval()
+    reloaded = Judge.load(base)
+    reloaded.model = stock
+    first, second, queries, _ = stack(list(examples(DATA["train"], rows)))
+    with torch.no_grad():
+        assert torch.allclose(reloaded.margin(first, second, queries), judge.margin(first, second, queries), atol=1e-5)
+        # and through the pipeline's loader (adapter directory -> base from judge.json, merged)
+        assert torch.allclose(Judge.load(out).margin(first, second, queries), judge.margin(first, second, queries), atol=1e-4)
+
+
+def test_full_finetune_learns_and_saves_a_loadable_model(base, tmp_path):
+    rows = rows_for(DATA["train"], "train")
+    val_rows = rows_for(DATA["val"], "val")
+    cfg = TrainJudgeConfig(finetune="full", lr=1e-3, batch_size=16, steps=30, warmup_steps=5, eval_every=15, checkpoint_every=100)
+    judge = Judge.load(base)
+    before = mean_loss(judge, rows)
+    logged = []
+    history = train(judge, cfg, inputs_fn, rows, val_rows, log=lambda s, m: logged.append((s, m)))
+    assert mean_loss(judge, rows) < before - 0.1
+    assert [s for s, _ in logged] == [15, 30] and "val_accuracy" in logged[-1][1] and history[-1]["step"] == 30
+
+    out = tmp_path / "judge"
+    save_judge(judge, cfg, str(base), out, template_version="1")
+    assert (out / "model.safetensors").is_file() and not list(out.glob("*.bin"))
+    again = Judge.load(out)
+    p = score_rows(again, DATA["train"], rows, 8)
+    q = score_rows(judge, DATA["train"], rows, 8)
+    assert np.allclose(p, q, atol=1e-5)
+
+
+def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
+    rows = rows_for(DATA["train"], "train")
+    cfg = TrainJudgeConfig(finetune="full", lr=1e-3, batch_size=4, steps=4, warmup_steps=1, eval_every=1, checkpoint_every=2)
+
+    straight = Judge.load(base)
+    train(straight, cfg, inputs_fn, rows, [], ckpt_dir=tmp_path / "a")
+
+    def crash(step, metrics):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    resumed = Judge.load(base)
+    with pytest.raises(KeyboardInterrupt):
+        train(resumed, cfg, inputs_fn, rows, [], ckpt_dir=tmp_path / "b", log=crash)
+    assert json.loads((tmp_path / "b/latest/state.json").read_text())["step"] == 2
+    assert {p.suffix for p in (tmp_path / "b/latest").iterdir()} == {".safetensors", ".json"}
+    resumed = Judge.load(base)
+    train(resumed, cfg, inputs_fn, rows, [], ckpt_dir=tmp_path / "b")
+    for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        assert torch.equal(a, b), n
