@@ -122,6 +122,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         raise NotImplementedError("train_policy does not support FSDP yet: use configs/accelerate/ddp.yaml "
                                   "(with finetune: lora for FLUX.1-Fill-dev on one GPU per process)")
     torch.manual_seed(cfg.seed)
+    # Same commit and params, same weights: CPU reductions otherwise vary in the last digits run to run.
+    torch.use_deterministic_algorithms(True, warn_only=True)
     dtype = DTYPES[profile.dtype]
 
     policy = setup_policy(cfg, profile, acc)
