@@ -116,7 +116,7 @@ def draw_text(img: Image.Image, box: tuple[int, int, int, int], word: str) -> No
     d.text(((x0 + x1) / 2, (y0 + y1) / 2), word, fill=(10, 10, 10), font=font, anchor="mm")
 
 
-def _box_in(mask: np.ndarray, frac: float, rng) -> tuple[int, int, int, int]:
+def box_in(mask: np.ndarray, frac: float, rng) -> tuple[int, int, int, int]:
     """A box of ``frac`` of the mask's bounding box, placed at random inside it."""
     ys, xs = np.nonzero(mask)
     y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
@@ -325,7 +325,7 @@ def make_input(index: int, task: str, cfg: SynthesizeConfig):
         source = np.where(mask[..., None], 0.5, clean).astype(np.float32)  # what a user hands in
     dims = tasks.dimensions_for(task, prompt)
     sev = severities(dims, cfg.num_candidates, cfg.tie_probability, rng)
-    box = _box_in(mask, 0.75 if content and content.kind == "text" else 0.6, rng) if content else None
+    box = box_in(mask, 0.75 if content and content.kind == "text" else 0.6, rng) if content else None
     mode = str(rng.choice(["color", "blur", "noise"]))
     direction = rng.choice([-1.0, 1.0], size=3).astype(np.float32)
     candidates = []

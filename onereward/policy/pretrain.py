@@ -52,15 +52,6 @@ class PretrainConfig:
     """Examples drawn once and sampled (with flips) by both phases."""
 
 
-def _box_inside(mask: np.ndarray, frac: float, rng) -> tuple[int, int, int, int]:
-    ys, xs = np.nonzero(mask)
-    y0, y1, x0, x1 = ys.min(), ys.max(), xs.min(), xs.max()
-    h, w = max(4, int((y1 - y0) * frac)), max(4, int((x1 - x0) * frac))
-    top = int(rng.integers(y0, max(y0 + 1, y1 - h + 1)))
-    left = int(rng.integers(x0, max(x0 + 1, x1 - w + 1)))
-    return left, top, left + w, top + h
-
-
 def example(rng, size: int, cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
     """(target HxWx3 in [0,1], mask HxW bool, prompt) for one random task."""
     weights = tasks.rl_task_weights()
@@ -80,7 +71,7 @@ def example(rng, size: int, cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray
             else:
                 content = syn.Content("object", color=str(rng.choice(list(syn.COLORS))), shape=str(rng.choice(syn.SHAPES)))
             frac = 0.75 if content.kind == "text" else 0.6
-            target = content.draw(target, _box_inside(mask, frac, rng))
+            target = content.draw(target, syn.box_in(mask, frac, rng))
             prompt = content.prompt()
     if rng.random() < cfg.prompt_dropout:
         prompt = ""
