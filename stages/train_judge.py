@@ -13,7 +13,7 @@ from onereward.io import atomic_path
 from onereward.judge.data import read_query_table
 from onereward.judge.model import Judge, JudgeMeta
 from onereward.judge.params import judge_section
-from onereward.judge.train import TrainJudgeConfig, save_judge, train
+from onereward.judge.train import TrainJudgeConfig, clear_checkpoints, save_judge, train
 
 BASE = Path("data/models/judge_base")
 QUERIES = Path("data/queries.parquet")
@@ -50,6 +50,10 @@ def main() -> None:
         history = train(judge, cfg, inputs, train_rows, val_rows, ckpt_dir=CKPT, log=log)
     with atomic_path(OUT) as tmp:
         save_judge(judge, cfg, base, tmp, template_version=",".join(versions))
+    # A finished run is not resumed: the next run (new queries or params) starts fresh.
+    # The folder stays, empty, as the stage's persistent output.
+    clear_checkpoints(CKPT)
+    CKPT.mkdir(parents=True)
     last = history[-1] if history else {}
     print(f"train_judge: {cfg.finetune} fine-tuning, {cfg.steps} steps, last {last}")
 

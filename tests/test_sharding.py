@@ -104,12 +104,18 @@ def test_pair_reader_yields_both_orders(sharded):
     assert len(list(pair_dataset(out / "shards", "train", both_orders=False))) == len(manifest)
 
 
-def test_reader_splits_shards_across_workers(sharded):
+def test_reader_splits_shards_across_workers(sharded, monkeypatch):
+    import webdataset.utils
+
     out, _ = sharded
-    ds = pair_dataset(out / "shards", "train", both_orders=False).map(lambda p: p["key"])
-    single = sorted(ds)
-    loader = wds.WebLoader(ds, batch_size=None, num_workers=2)
-    assert sorted(loader) == single  # each shard read by exactly one worker, none twice
+    single = sorted(p["key"] for p in pair_dataset(out / "shards", "train", both_orders=False))
+    per_worker = []
+    for worker in range(2):  # what each of two DataLoader workers would see
+        monkeypatch.setattr(webdataset.utils, "pytorch_worker_info", lambda group=None, w=worker: (0, 1, w, 2))
+        per_worker.append([p["key"] for p in pair_dataset(out / "shards", "train", both_orders=False)])
+    assert per_worker[0] and per_worker[1]
+    assert not set(per_worker[0]) & set(per_worker[1])  # each shard read by exactly one worker
+    assert sorted(per_worker[0] + per_worker[1]) == single
 
 
 def test_synthesize_output_does_not_depend_on_workers(tmp_path):
