@@ -9,6 +9,7 @@ from sklearn.datasets import load_sample_image
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from onereward.config import load_params
+from onereward.judge.params import merged_section
 from onereward.judge.image import VisionSpec, patchify, preprocess, resize, to_tensor
 
 PHOTOS = {
@@ -19,8 +20,13 @@ PHOTOS = {
 }
 
 
-def judge_resolution() -> int:
-    return int(load_params()["judge_base"]["resolution"])
+def judge_resolutions() -> list[int]:
+    """The judge resolution of every profile in params.yaml (tiny: small, real: 448)."""
+    params = load_params()
+    return sorted({int(merged_section("judge_base", p, params)["resolution"]) for p in params["profiles"]})
+
+
+RESOLUTIONS = judge_resolutions()
 
 
 def stock(images, resolution: int) -> dict:
@@ -31,12 +37,12 @@ def stock(images, resolution: int) -> dict:
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 @pytest.mark.parametrize("square", [True, False], ids=["square", "native-aspect"])
-def test_matches_stock_processor_and_has_pixel_gradients(name, square):
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_matches_stock_processor_and_has_pixel_gradients(name, square, resolution):
     photo = np.ascontiguousarray(PHOTOS[name]())
     if square:  # the judge's setting: every image becomes resolution x resolution
         side = min(photo.shape[:2])
         photo = photo[:side, :side]
-    resolution = judge_resolution()
     ref, spec = stock([Image.fromarray(photo)], resolution)
     grid = ref["image_grid_thw"][0]
     size = (int(grid[1]) * spec.patch_size, int(grid[2]) * spec.patch_size)
@@ -55,9 +61,9 @@ def test_matches_stock_processor_and_has_pixel_gradients(name, square):
     assert x.grad.abs().sum() > 0
 
 
-def test_batch_of_two_sizes_in_judge_order():
+@pytest.mark.parametrize("resolution", RESOLUTIONS)
+def test_batch_in_order(resolution):
     """A batch preprocesses image by image in order, like the processor given a list."""
-    resolution = judge_resolution()
     photos = [np.ascontiguousarray(PHOTOS[n]()[:300, :300]) for n in ("chelsea", "coffee")]
     ref, spec = stock([Image.fromarray(p) for p in photos], resolution)
     pixel_values, grid = preprocess(torch.stack([to_tensor(p) for p in photos]), (resolution, resolution), spec)

@@ -40,6 +40,8 @@ SHAPES = ("circle", "square", "triangle", "stripes")
 WORDS = ("CAT", "SUN", "OPEN", "SALE", "TAXI", "BAR", "MILK", "STOP", "EXIT", "TEA", "HOT", "ZOO")
 TIE_MARGIN = 0.1
 """Severities closer than this count as "no clear difference" and drop the dimension."""
+VISIBLE_MIN = 0.03
+"""A labelled pair whose defects differ less than this (``visible_difference``) is dropped."""
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,26 @@ def border_mask(size: int, rng) -> np.ndarray:
     return mask
 
 
+def widest_strip(mask: np.ndarray) -> np.ndarray:
+    """The widest single border strip of an extend mask: prompted content belongs in one strip."""
+    widths = {
+        "top": int(mask.all(axis=1).cumprod().sum()), "bottom": int(mask.all(axis=1)[::-1].cumprod().sum()),
+        "left": int(mask.all(axis=0).cumprod().sum()), "right": int(mask.all(axis=0)[::-1].cumprod().sum()),
+    }
+    side = max(widths, key=lambda k: widths[k])
+    strip = np.zeros_like(mask)
+    w = widths[side]
+    if side == "top":
+        strip[:w] = True
+    elif side == "bottom":
+        strip[-w:] = True
+    elif side == "left":
+        strip[:, :w] = True
+    else:
+        strip[:, -w:] = True
+    return strip
+
+
 def crop_photo(rng, size: int) -> np.ndarray:
     photos = load_photos()
     _, photo = photos[int(rng.integers(len(photos)))]
@@ -184,48 +206,86 @@ def _to_arr(img: Image.Image) -> np.ndarray:
     return np.asarray(img.convert("RGB")).astype(np.float32) / 255.0
 
 
-def degrade_structure(a: np.ndarray, mask: np.ndarray, s: float, rng) -> np.ndarray:
+@dataclass(frozen=True)
+class Defects:
+    """One input's defect kinds; candidates differ only in how strongly they show them.
+
+    Real candidates of one input come from one model and fail in the same way to different
+    degrees, which is what makes "better on this dimension" a comparison of one property.
+    """
+
+    shift: tuple[int, int]  # structure: direction of the region's displacement
+    period: float  # structure: wavelength of the warp, pixels
+    mode: str  # consistency: "color", "blur" or "noise"
+    direction: np.ndarray  # consistency: sign of the colour cast per channel
+    noise: np.ndarray  # consistency: unit noise field, scaled by severity
+
+    @classmethod
+    def draw(cls, size: int, rng) -> "Defects":
+        return cls(
+            shift=(int(rng.choice([-1, 1])), int(rng.choice([-1, 1]))),
+            period=float(rng.uniform(6, 12)),
+            mode=str(rng.choice(["color", "blur", "noise"])),
+            direction=rng.choice([-1.0, 1.0], size=3).astype(np.float32),
+            noise=rng.normal(0, 1, (size, size, 3)).astype(np.float32),
+        )
+
+
+def degrade_structure(a: np.ndarray, mask: np.ndarray, s: float, defects: Defects) -> np.ndarray:
     """Shift and warp the region's content so lines break where they cross the mask edge."""
     if s <= 0:
         return a
     size = a.shape[0]
-    shift = np.array([rng.choice([-1, 1]), rng.choice([-1, 1])]) * int(round(s * size * 0.18))
+    shift = np.array(defects.shift) * int(round(s * size * 0.18))
     warped = np.roll(a, tuple(shift), axis=(0, 1))
-    amp, period = s * size * 0.08, rng.uniform(6, 12)
-    rows = np.arange(size)
-    for y in rows:
-        warped[y] = np.roll(warped[y], int(round(amp * np.sin(2 * np.pi * y / period))), axis=0)
+    amp = s * size * 0.08
+    for y in range(size):
+        warped[y] = np.roll(warped[y], int(round(amp * np.sin(2 * np.pi * y / defects.period))), axis=0)
     out = a.copy()
     out[mask] = warped[mask]
     return out
 
 
-def degrade_consistency(a: np.ndarray, mask: np.ndarray, s: float, mode: str, direction: np.ndarray, rng) -> np.ndarray:
+def degrade_consistency(a: np.ndarray, mask: np.ndarray, s: float, defects: Defects) -> np.ndarray:
     """Make the region disagree with its surroundings: a colour cast, blur or noise."""
     if s <= 0:
         return a
-    if mode == "color":
-        region = a + direction * 0.45 * s
-    elif mode == "blur":
+    if defects.mode == "color":
+        region = a + defects.direction * 0.45 * s
+    elif defects.mode == "blur":
         region = _to_arr(_to_img(a).filter(ImageFilter.GaussianBlur(radius=float(0.5 + 2.5 * s))))
         region = region + 0.12 * s  # blurred and washed out, as weak fills often are
     else:
-        region = a + rng.normal(0, 0.25 * s, a.shape).astype(np.float32)
+        region = a + defects.noise * 0.25 * s
     out = a.copy()
     out[mask] = region[mask]
     return np.clip(out, 0, 1)
 
 
 def degrade_aesthetics(a: np.ndarray, s: float) -> np.ndarray:
-    """Global loss of contrast and saturation, then JPEG compression damage."""
+    """Global loss of contrast and saturation, then JPEG compression damage.
+
+    Milder than the regional defects: a global change is easy to see, and a strong one would
+    wash out the regional differences the other dimensions are judged on.
+    """
     if s <= 0:
         return a
     gray = a.mean(axis=2, keepdims=True)
-    a = a + (gray - a) * 0.7 * s  # desaturate
-    a = a.mean() + (a - a.mean()) * (1 - 0.5 * s)  # flatten contrast
+    a = a + (gray - a) * 0.5 * s  # desaturate
+    a = a.mean() + (a - a.mean()) * (1 - 0.3 * s)  # flatten contrast
     buf = io.BytesIO()
-    _to_img(a).save(buf, format="JPEG", quality=int(round(80 - 60 * s)))
+    _to_img(a).save(buf, format="JPEG", quality=int(round(90 - 45 * s)))
     return _to_arr(Image.open(buf))
+
+
+def visible_difference(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> float:
+    """Mean absolute difference of two images over the mask after a slight blur.
+
+    The blur discounts changes a viewer does not see, such as a stationary texture (gravel,
+    grass) shifted by a few pixels.
+    """
+    blur = lambda x: _to_arr(_to_img(x).filter(ImageFilter.GaussianBlur(radius=1.5)))  # noqa: E731
+    return float(np.abs(blur(a) - blur(b))[mask].mean())
 
 
 def ghost(clean: np.ndarray, with_object: np.ndarray, s: float) -> np.ndarray:
@@ -325,25 +385,43 @@ def make_input(index: int, task: str, cfg: SynthesizeConfig):
         source = np.where(mask[..., None], 0.5, clean).astype(np.float32)  # what a user hands in
     dims = tasks.dimensions_for(task, prompt)
     sev = severities(dims, cfg.num_candidates, cfg.tie_probability, rng)
-    box = box_in(mask, 0.75 if content and content.kind == "text" else 0.6, rng) if content else None
-    mode = str(rng.choice(["color", "blur", "noise"]))
-    direction = rng.choice([-1.0, 1.0], size=3).astype(np.float32)
+    box = box_in(widest_strip(mask) if task == "extend" else mask, 0.75 if content and content.kind == "text" else 0.6, rng) if content else None
+    defects = Defects.draw(size, rng)
+    variants = [content.variant(s, rng) for s in sev["text_alignment"]] if content else []
+
+    def alone(dim: str, c: int) -> np.ndarray:
+        """Candidate c's defect on one dimension only, on the clean photo."""
+        s = sev[dim][c]
+        if dim == "structure":
+            return degrade_structure(clean, mask, s, defects)
+        if dim == "consistency":
+            return degrade_consistency(clean, mask, s, defects)
+        if dim == "text_alignment":
+            return variants[c].draw(clean, box)
+        if dim == "removal_quality":
+            return ghost(clean, with_object, s)
+        return degrade_aesthetics(clean, s)
+
     candidates = []
     for c in range(cfg.num_candidates):
         a = clean.copy()
-        if content is not None:
-            a = content.variant(sev["text_alignment"][c], rng).draw(a, box)
-        if "structure" in sev:
-            a = degrade_structure(a, mask, sev["structure"][c], rng)
-        if "consistency" in sev:
-            a = degrade_consistency(a, mask, sev["consistency"][c], mode, direction, rng)
+        if "consistency" in sev:  # the fill's background disagrees with the surroundings
+            a = degrade_consistency(a, mask, sev["consistency"][c], defects)
+        if content is not None:  # the asked-for content keeps its colour: text alignment stays legible
+            a = variants[c].draw(a, box)
+        if "structure" in sev:  # broken structure deforms everything in the region, content included
+            a = degrade_structure(a, mask, sev["structure"][c], defects)
         if "removal_quality" in sev:
             a = ghost(clean, with_object, sev["removal_quality"][c])
         a = np.where(mask[..., None], a, clean)  # a fill keeps the known pixels
         if "aesthetics" in sev:
             a = degrade_aesthetics(a, sev["aesthetics"][c])
         candidates.append(_to_img(a))
-    record = {"task": task, "prompt": prompt, "tags": tags, "labels": labels_from(sev)}
+    labels = labels_from(sev)
+    for dim, pair in list(labels.items()):  # annotators skip regional differences nobody can see
+        if dim != "aesthetics" and visible_difference(alone(dim, pair["best"]), alone(dim, pair["worst"]), mask) < VISIBLE_MIN:
+            del labels[dim]
+    record = {"task": task, "prompt": prompt, "tags": tags, "labels": labels}
     images = {"source": _to_img(source), "mask": Image.fromarray(mask.astype(np.uint8) * 255, "L")}
     images.update({f"cand_{i}": im for i, im in enumerate(candidates)})
     return record, images

@@ -254,7 +254,8 @@ def train(
     seed_everything(cfg.seed)
     params = make_trainable(judge, cfg)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=len(train_rows))
+    rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
+    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=rows_digest)
     start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0
     judge.model.train()
     stream = batch_stream(inputs_fn, train_rows, cfg)
@@ -282,6 +283,8 @@ def train(
                 p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val")
                 s = summarize(pair_results(val_rows, p))
                 metrics.update({"val_accuracy": s["pair_accuracy"], "val_mean_accuracy": s["mean_accuracy"]})
+                for task, dims in s["cells"].items():
+                    metrics.update({f"val_accuracy/{task}/{dim}": c["accuracy"] for dim, c in dims.items()})
             history.append({"step": done, **metrics})
             if log:
                 log(done, metrics)
