@@ -284,7 +284,7 @@ def train(
                 s = summarize(pair_results(val_rows, p))
                 metrics.update({"val_accuracy": s["pair_accuracy"], "val_mean_accuracy": s["mean_accuracy"]})
                 for task, dims in s["cells"].items():
-                    metrics.update({f"val_accuracy/{task}/{dim}": c["accuracy"] for dim, c in dims.items()})
+                    metrics.update({f"val_cell_accuracy/{task}/{dim}": c["accuracy"] for dim, c in dims.items()})
             history.append({"step": done, **metrics})
             if log:
                 log(done, metrics)
