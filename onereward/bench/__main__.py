@@ -1,23 +1,20 @@
-"""``python -m onereward.bench {shard,scale,dvc-noop,repro}``: see BENCHMARKS.md."""
+"""``python -m onereward.bench {shard,scale,dvc-noop,repro,judge,rl}``: see BENCHMARKS.md."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import time
 
 
 def dvc_noop(repeats: int) -> dict:
+    from onereward.bench.data import median_time
+
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(["dvc", "repro"], check=True, capture_output=True, env=env)
-        times.append(time.perf_counter() - start)
-    return {"dvc_repro_noop_s": round(statistics.median(times), 3), "repeats": repeats}
+    seconds = median_time(lambda: subprocess.run(["dvc", "repro"], check=True, capture_output=True, env=env), repeats)
+    return {"dvc_repro_noop_s": round(seconds, 3), "repeats": repeats}
 
 
 def repro_by_stage() -> dict:
@@ -61,6 +58,12 @@ def main() -> None:
     p = sub.add_parser("dvc-noop", help="a `dvc repro` with nothing to do")
     p.add_argument("--repeats", type=int, default=5)
     sub.add_parser("repro", help="forced `dvc repro` of every stage, timed by stage")
+    p = sub.add_parser("judge", help="judge rows/s: one at a time against batched (after `dvc repro`)")
+    p.add_argument("--rows", type=int, default=256)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3)
+    p = sub.add_parser("rl", help="one RL iteration by part, and the Alg. 1 reference cache's saving")
+    p.add_argument("--iterations", type=int, default=5)
     args = parser.parse_args()
 
     from onereward.bench import data
@@ -72,6 +75,14 @@ def main() -> None:
             print(json.dumps(data.scale(n)), flush=True)
     elif args.name == "scale-child":
         data.scale_child(args.phase, args.inputs, args.root)
+    elif args.name == "judge":
+        from onereward.bench import models
+
+        print(json.dumps(models.judge_throughput(args.rows, args.batch_size, args.repeats)))
+    elif args.name == "rl":
+        from onereward.bench import models
+
+        print(json.dumps(models.rl_iteration(args.iterations)))
     elif args.name == "dvc-noop":
         print(json.dumps(dvc_noop(args.repeats)))
     else:

@@ -20,7 +20,7 @@ from onereward.data.sharding import ShardConfig, shard_dataset
 from onereward.data.synthetic import SynthesizeConfig, synthesize
 
 
-def _median_time(fn, repeats: int) -> float:
+def median_time(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -49,14 +49,14 @@ def shard_throughput(inputs: int, repeats: int) -> dict:
             out.mkdir()
             shard_dataset(tmp / "raw", out / "shards", out / "m.parquet", out / "q.jsonl", ShardConfig(max_samples_per_shard=1000))
 
-        ours = _median_time(shard, repeats)
-        plain = _median_time(lambda: _plain_tar(tmp / "raw", tmp / "plain.tar"), repeats)
+        ours = median_time(shard, repeats)
+        plain = median_time(lambda: _plain_tar(tmp / "raw", tmp / "plain.tar"), repeats)
         mb = sum(p.stat().st_size for p in (tmp / "raw" / "images").rglob("*.png")) / 1e6
         first = tmp / "out0" / "shards"
-        pairs = _median_time(lambda: sum(1 for _ in pair_dataset(first, "train")), repeats)
+        pairs = median_time(lambda: sum(1 for _ in pair_dataset(first, "train")), repeats)
         n_pairs = sum(1 for _ in pair_dataset(first, "train"))
         loader = wds.WebLoader(pair_dataset(first, "train").map(lambda p: p["label"]), batch_size=None, num_workers=2)
-        loaded = _median_time(lambda: sum(1 for _ in loader), repeats)
+        loaded = median_time(lambda: sum(1 for _ in loader), repeats)
     return {
         "inputs": inputs,
         "image_mb": round(mb, 1),

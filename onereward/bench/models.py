@@ -1,0 +1,128 @@
+"""Model-side benchmarks on the default's own checkpoints: judge scoring and one RL iteration.
+
+Both read what ``dvc repro`` leaves in ``data/`` (shards, the trained judge, the tiny policy),
+so they measure the models the pipeline actually trains, with the active profile's params.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from onereward.bench.data import median_time
+from onereward.config import active_profile, section
+from onereward.judge.data import examples, read_query_table, stack
+from onereward.judge.model import Judge
+from onereward.rl.conditions import draw, load_conditions
+from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.rollout import Rollouts, capped_loss, generators, judge_rewards
+
+SHARDS = Path("data/shards")
+QUERIES = Path("data/queries.parquet")
+
+
+def _judge_path() -> Path:
+    trained = Path(section(TrainPolicyConfig, "train_policy").judge)
+    return trained if trained.exists() else Path("data/models/judge_base")
+
+
+def judge_throughput(rows: int, batch_size: int, repeats: int) -> dict:
+    """Validation query rows scored one at a time against in batches of ``batch_size``."""
+    from onereward.data.reader import input_dataset
+
+    judge = Judge.load(_judge_path())
+    judge.model.eval()
+    table = read_query_table(QUERIES, "val")[:rows]
+    first, second, queries, _ = stack(list(examples(input_dataset(SHARDS, "val"), table)))
+
+    def one_at_a_time():
+        for i in range(len(queries)):
+            judge.score(first[i : i + 1], second[i : i + 1], queries[i : i + 1], batch_size=1)
+
+    def batched():
+        judge.score(first, second, queries, batch_size=batch_size)
+
+    single = median_time(one_at_a_time, repeats)
+    many = median_time(batched, repeats)
+    return {
+        "judge": str(_judge_path()), "rows": len(queries), "batch_size": batch_size,
+        "rows_per_s_one_at_a_time": round(len(queries) / single, 1),
+        "rows_per_s_batched": round(len(queries) / many, 1),
+        "speedup": round(single / many, 2), "repeats": repeats,
+    }
+
+
+class _Timer:
+    def __init__(self):
+        self.seconds: dict[str, list[float]] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        start = time.perf_counter()
+        yield
+        self.seconds.setdefault(name, []).append(time.perf_counter() - start)
+
+    def medians(self) -> dict[str, float]:
+        return {k: round(statistics.median(v), 4) for k, v in self.seconds.items()}
+
+
+def rl_iteration(iterations: int) -> dict:
+    """One OneReward iteration (train_policy's params) split into its parts, median over iterations.
+
+    The parts run in the trainer's order: reference rollout (full denoise, no gradient), policy
+    rollout to step t (no gradient), one-step x0 prediction and VAE decode (with gradient),
+    judge forward, backward through judge, decoder and transformer, optimizer step. The Alg. 1
+    reference cache removes the first part after the first visit of a (condition, seed).
+    """
+    from onereward.policy.adapter import DTYPES, FillPolicy
+
+    cfg = section(TrainPolicyConfig, "train_policy")
+    profile = active_profile()
+    device, dtype = profile.device, DTYPES[profile.dtype]
+    policy = FillPolicy.load(profile.policy_model, device, dtype)
+    tr = policy.transformer
+    tr.requires_grad_(True).train()
+    judge = Judge.load(_judge_path(), device=device, dtype=dtype)
+    judge.requires_grad_(False).eval()
+    opt = torch.optim.AdamW([p for p in tr.parameters() if p.requires_grad], lr=cfg.lr)
+    rollouts = Rollouts(policy, cfg)
+    conds = load_conditions(str(SHARDS), "train", cfg.max_conditions)
+    timer = _Timer()
+    for step in range(iterations + 1):  # the first iteration warms up and is not counted
+        d = draw(conds, cfg.seed, step, 0, cfg.batch_size, cfg.reference_seeds, cfg.t_range)
+        images, masks = conds.tensors(d.index, device)
+        prompts = conds.generation_prompts(d.index)
+        with timer("total"):
+            with timer("reference_rollout"):
+                ref = rollouts.sample(images, masks, prompts, d.ref_seeds, tr)
+            with timer("policy_rollout_to_t"), torch.no_grad():
+                cond, noise = policy.prepare(images, masks, prompts, generators(d.policy_seeds, device))
+                x_t = policy.denoise(noise, cond, cfg.num_inference_steps, stop=d.t, **rollouts.velocity_kwargs(cond, tr))
+            with timer("x0_prediction_and_decode"):
+                x0 = policy.predict_x0(x_t, d.t, cond, cfg.num_inference_steps, **rollouts.velocity_kwargs(cond, tr))
+                img = policy.decode(x0, cond.height, cond.width)
+            with timer("judge_forward"):
+                rewards = judge_rewards(judge, img, ref, d.task, [conds.prompts[i] for i in d.index])
+                loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
+            with timer("backward"):
+                loss.backward()
+            with timer("optimizer_step"):
+                torch.nn.utils.clip_grad_norm_(tr.parameters(), cfg.max_grad_norm)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+        if step == 0:
+            timer.seconds.clear()
+    parts = timer.medians()
+    total = parts.pop("total")
+    cached_total = total - parts["reference_rollout"]
+    return {
+        "batch_size": cfg.batch_size, "num_inference_steps": cfg.num_inference_steps, "iterations": iterations,
+        "seconds": parts, "iteration_s": total,
+        "iteration_s_with_cached_reference": round(cached_total, 4),
+        "alg1_cache_saving": round(1 - cached_total / total, 3),
+    }
+
