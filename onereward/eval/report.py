@@ -9,6 +9,7 @@ from __future__ import annotations
 from PIL import Image, ImageDraw, ImageFont
 
 from onereward.eval.scoring import MODELS, OUTCOMES
+from onereward.markdown import dimension_table_header
 from onereward.tasks import DIMENSIONS, EVAL_SETTINGS, TASKS
 
 # OneReward (arXiv 2508.21066). Figure 7: Good/Same/Bad (%) of the RL model against its base,
@@ -141,8 +142,7 @@ def paper_tables(metrics: dict, run: dict, table1: str | None = None) -> str:
         "",
         "Per-dimension mean preference for tuned over base (0.5: none):",
         "",
-        "| setting | " + " | ".join(DIMENSIONS[c].title for c in COLUMNS) + " |",
-        "|---|" + "---|" * len(COLUMNS),
+        *dimension_table_header(["setting"], COLUMNS),
     ]
     for name, s in EVAL_SETTINGS.items():
         pref = metrics[name].get("preference", {})
@@ -151,8 +151,7 @@ def paper_tables(metrics: dict, run: dict, table1: str | None = None) -> str:
         "",
         "## Table 2 analogue: per model and setting, judge win rate per dimension and usability (%)",
         "",
-        "| setting | model | usability | " + " | ".join(DIMENSIONS[c].title for c in COLUMNS) + " |",
-        "|---|---|---|" + "---|" * len(COLUMNS),
+        *dimension_table_header(["setting", "model", "usability"], COLUMNS),
     ]
     for name, s in EVAL_SETTINGS.items():
         m = metrics[name]

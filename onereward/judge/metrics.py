@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from onereward.tasks import DIMENSIONS, TASKS
+from onereward.markdown import dimension_table_header
+from onereward.tasks import TASKS
 
 # OneReward (arXiv 2508.21066) Table 1: accuracy (%) of the reward model against human labels.
 PAPER_TABLE1: dict[str, dict[str, float]] = {
@@ -85,8 +86,7 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
         "Each cell: ours (paper). Ours: test-split pairwise accuracy of the order-symmetric score "
         "mean(P(Yes | winner, loser), P(No | loser, winner)) > 0.5; paper: OneReward Table 1.",
         "",
-        "| task | " + " | ".join(DIMENSIONS[c].title for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        *dimension_table_header(["task"], cols),
     ]
     for name, task in TASKS.items():
         cells = []
@@ -109,8 +109,7 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
         "",
         "Order consistency: how often P(Yes | a, b) and P(Yes | b, a) name the same winner.",
         "",
-        "| task | " + " | ".join(DIMENSIONS[c].title for c in cols) + " |",
-        "|---|" + "---|" * len(cols),
+        *dimension_table_header(["task"], cols),
     ]
     for name, task in TASKS.items():
         cells = []
