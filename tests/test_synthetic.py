@@ -6,6 +6,7 @@ import pytest
 from onereward import tasks
 from onereward.data.synthetic import (
     VISIBLE_MIN,
+    Content,
     SynthesizeConfig,
     labels_from,
     make_input,
@@ -105,3 +106,15 @@ def test_candidates_keep_known_pixels_up_to_global_aesthetics(inputs):
 def test_near_ties_are_left_out():
     assert labels_from({"structure": np.array([0.5, 0.52, 0.49, 0.51])}) == {}
     assert labels_from({"structure": np.array([0.0, 1.0, 0.3, 0.6])}) == {"structure": {"best": 0, "worst": 1}}
+
+
+def test_worst_text_alignment_contradicts_or_leaves_out_the_prompted_content():
+    rng = np.random.default_rng(0)
+    asked = Content("object", color="red", shape="circle")
+    assert asked.variant(0.0, True, rng) == asked
+    contradicted = asked.variant(1.0, False, rng)
+    assert contradicted.kind == "object" and contradicted.color != "red" and contradicted.shape != "circle"
+    ignored = asked.variant(1.0, True, rng)
+    base = rng.uniform(0, 1, (32, 32, 3)).astype(np.float32)
+    assert ignored.kind == "none" and np.array_equal(ignored.draw(base, (8, 8, 24, 24)), base)
+    assert not np.array_equal(asked.draw(base, (8, 8, 24, 24)), base)

@@ -4,8 +4,8 @@ Each input gets ``num_candidates`` candidates. Per judged dimension every candid
 severity in [0, 1] of a degradation that targets only that dimension (a permutation of evenly
 spaced levels, so the best is clean and the worst is strongly degraded):
 
-- text alignment: the region's object/text matches the prompt, or contradicts it in colour,
-  shape or letters;
+- text alignment: the region's object/text matches the prompt, contradicts it in colour,
+  shape or letters, or (most severe, half of the inputs) is missing: the prompt was ignored;
 - structure: the region's content is shifted and warped, so lines break at the mask edge;
 - consistency: the region's colour, sharpness or noise departs from its surroundings;
 - aesthetics: global loss of contrast and saturation plus JPEG damage;
@@ -42,6 +42,8 @@ TIE_MARGIN = 0.1
 """Severities closer than this count as "no clear difference" and drop the dimension."""
 VISIBLE_MIN = 0.03
 """A labelled pair whose defects differ less than this (``visible_difference``) is dropped."""
+IGNORED_PROMPT_FRACTION = 0.5
+"""Share of prompted inputs whose worst candidate leaves the asked-for content out entirely."""
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,11 @@ class SynthesizeConfig:
     """Share of fill inputs whose prompt asks for rendered text."""
     extend_prompt_fraction: float = 0.5
     """Share of extend inputs with a user prompt."""
-    tie_probability: float = 0.15
-    """Chance that one dimension of one input has no clear winner and is left unlabelled."""
+    tie_probability: float = 0.5
+    """Chance that one dimension of one input has no clear winner and is left unlabelled.
+
+    Tied dimensions are equally degraded in every candidate, so a labelled pair differs mostly
+    on its own dimension and few others: what a small judge can learn to tell apart."""
     bad_records: int = 0
     """Deliberately broken records appended (one per reason, cycling) to exercise quarantine."""
     workers: int = 1
@@ -319,7 +324,7 @@ def labels_from(sev: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
 class Content:
     """What the prompt asks for in the region, and how to contradict it by degree."""
 
-    kind: str  # "object" or "text"
+    kind: str  # "object", "text", or "none" (the prompt was ignored)
     color: str = ""
     shape: str = ""
     word: str = ""
@@ -327,9 +332,15 @@ class Content:
     def prompt(self) -> str:
         return f'the text "{self.word}"' if self.kind == "text" else f"a {self.color} {self.shape}"
 
-    def variant(self, s: float, rng) -> "Content":
-        """Severity 0: as prompted; higher severities contradict more of it."""
+    def variant(self, s: float, ignored_at_worst: bool, rng) -> "Content":
+        """Severity 0: as prompted; higher severities contradict more of it.
+
+        At the top level the content is either fully contradicted or, with
+        ``ignored_at_worst``, left out: a fill model's most common text-alignment failure.
+        """
         level = int(round(s * 3))
+        if level == 3 and ignored_at_worst:
+            return Content("none")
         if self.kind == "text":
             word = list(self.word)
             if level == 3:
@@ -344,6 +355,8 @@ class Content:
         return Content("object", color=color, shape=shape)
 
     def draw(self, base: np.ndarray, box) -> np.ndarray:
+        if self.kind == "none":
+            return base
         img = _to_img(base)
         if self.kind == "text":
             draw_text(img, box, self.word)
@@ -387,7 +400,8 @@ def make_input(index: int, task: str, cfg: SynthesizeConfig):
     sev = severities(dims, cfg.num_candidates, cfg.tie_probability, rng)
     box = box_in(widest_strip(mask) if task == "extend" else mask, 0.75 if content and content.kind == "text" else 0.6, rng) if content else None
     defects = Defects.draw(size, rng)
-    variants = [content.variant(s, rng) for s in sev["text_alignment"]] if content else []
+    ignored_at_worst = bool(rng.random() < IGNORED_PROMPT_FRACTION)
+    variants = [content.variant(s, ignored_at_worst, rng) for s in sev["text_alignment"]] if content else []
 
     def alone(dim: str, c: int) -> np.ndarray:
         """Candidate c's defect on one dimension only, on the clean photo."""
