@@ -81,8 +81,10 @@ def scale_child(phase: str, inputs: int, root: str) -> None:
         shard_dataset(root / "raw", root / "out" / "shards", root / "out" / "m.parquet", root / "out" / "q.jsonl",
                       ShardConfig(max_samples_per_shard=5000))
     seconds = time.perf_counter() - start
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({f"{phase}_s": round(seconds, 1), f"{phase}_peak_rss_mb": round(peak_mb, 1)}))
+    # the phase's own process and its largest worker process (kB on Linux)
+    peaks = [resource.getrusage(who).ru_maxrss / 1024 for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    print(json.dumps({f"{phase}_s": round(seconds, 1), f"{phase}_peak_rss_mb": round(peaks[0], 1),
+                      f"{phase}_worker_peak_rss_mb": round(peaks[1], 1)}))
 
 
 def scale(inputs: int) -> dict:
