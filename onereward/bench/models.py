@@ -93,7 +93,8 @@ def rl_iteration(iterations: int) -> dict:
     conds = load_conditions(str(SHARDS), "train", cfg.max_conditions)
     timer = _Timer()
     for step in range(iterations + 1):  # the first iteration warms up and is not counted
-        d = draw(conds, cfg.seed, step, 0, cfg.batch_size, cfg.reference_seeds, cfg.t_range)
+        d = draw(conds, cfg.seed, step, 0, cfg.batch_size, cfg.reference_seeds, cfg.t_range,
+                 cfg.sampling_weights())
         images, masks = conds.tensors(d.index, device)
         prompts = conds.generation_prompts(d.index)
         with timer("total"):

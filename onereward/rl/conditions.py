@@ -102,9 +102,11 @@ class Draw:
 
 
 def draw(conds: ConditionSet, seed: int, step: int, rank: int, batch_size: int,
-         reference_seeds: int, t_range: tuple[int, int]) -> Draw:
+         reference_seeds: int, t_range: tuple[int, int], task_weights: dict[str, float]) -> Draw:
     rng = np.random.default_rng([seed, step, rank])
-    weights = {t: w for t, w in registry.rl_task_weights().items() if len(conds.indices_of(t))}
+    weights = {t: w for t, w in task_weights.items() if w > 0 and len(conds.indices_of(t))}
+    if not weights:
+        raise ValueError(f"no train conditions for any task with a positive sampling weight {task_weights}")
     names = sorted(weights)
     p = np.array([weights[n] for n in names])
     task = names[int(rng.choice(len(names), p=p / p.sum()))]

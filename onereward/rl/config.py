@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from onereward.tasks import TASKS, rl_task_weights
+
 ALGORITHMS = ("reference_ema", "dynamic")
 
 
@@ -53,6 +55,9 @@ class TrainPolicyConfig:
     t_range: tuple[int, int] = (2, 6)
     """[t1, t2]: the policy denoises without gradient for t ~ U{t1..t2} steps of that schedule,
     then predicts x0 in one step with gradient at schedule index t."""
+    task_weights: dict[str, float] = field(default_factory=dict)
+    """RL task-sampling weights by task name, normalised to sum to one; tasks left out are not
+    sampled. Empty: the registry's (paper: fill 0.5, extend 0.25, removal 0.25)."""
     guidance_scale: float = 1.0
     """FLUX guidance-embedding value during rollouts."""
     true_cfg: float = 1.0
@@ -93,8 +98,19 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.t_range {self.t_range} must satisfy 0 <= t1 <= t2 < num_inference_steps")
         if not 1 <= self.reference_seeds <= 14:  # seeds key*16 + 14/15 are the validation noises
             raise ValueError("train_policy.reference_seeds must be in [1, 14]")
+        unknown = sorted(set(self.task_weights) - set(TASKS))
+        if unknown or any(w < 0 for w in self.task_weights.values()) or (self.task_weights and not sum(self.task_weights.values()) > 0):
+            raise ValueError(f"train_policy.task_weights must map tasks of {sorted(TASKS)} to non-negative weights "
+                             f"with a positive sum, got {self.task_weights!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train_policy.ema_decay must be in [0, 1)")
+
+    def sampling_weights(self) -> dict[str, float]:
+        """Task -> probability of sampling it in an iteration."""
+        if not self.task_weights:
+            return rl_task_weights()
+        total = sum(self.task_weights.values())
+        return {t: w / total for t, w in self.task_weights.items()}
 
     def to_dict(self) -> dict:
         return asdict(self)

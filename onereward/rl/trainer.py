@@ -198,7 +198,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     bar = tqdm(range(start, cfg.steps), desc=f"train_policy {cfg.algorithm}", unit="step", disable=not main,
                initial=start, total=cfg.steps)
     for step in bar:
-        d = draw(train_conds, cfg.seed, step, rank, cfg.batch_size, cfg.reference_seeds, cfg.t_range)
+        d = draw(train_conds, cfg.seed, step, rank, cfg.batch_size, cfg.reference_seeds, cfg.t_range,
+                 cfg.sampling_weights())
         images, masks = train_conds.tensors(d.index, acc.device)
         prompts = train_conds.generation_prompts(d.index)
         raw_prompts = [train_conds.prompts[i] for i in d.index]
