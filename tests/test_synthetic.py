@@ -7,7 +7,10 @@ from onereward import tasks
 from onereward.data.synthetic import (
     VISIBLE_MIN,
     Content,
+    Defects,
     SynthesizeConfig,
+    crop_photo,
+    degrade_consistency,
     labels_from,
     make_input,
     task_plan,
@@ -59,6 +62,25 @@ def test_visible_difference_ignores_a_shifted_texture_but_not_a_cast():
     mask[16:48, 16:48] = True
     assert visible_difference(texture, np.roll(texture, 3, axis=1), mask) < VISIBLE_MIN
     assert visible_difference(texture, texture + 0.2, mask) > VISIBLE_MIN
+
+
+@pytest.mark.parametrize("mode", ["color", "blur", "noise"])
+def test_every_consistency_defect_survives_the_judges_coarse_view(mode):
+    """At full severity the region differs from the clean photo in 8x8-pixel block means too.
+
+    The judge sees an image as a few patch tokens; a defect that only lives in pixel-level
+    texture (fine grain, a slight blur) is invisible to it, and its labels unlearnable.
+    """
+    rng = np.random.default_rng(1)
+    clean = crop_photo(rng, 64)
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    defects = Defects.draw(64, rng)
+    defects = Defects(defects.shift, defects.period, mode, defects.direction, defects.noise)
+    blocks = lambda a: a.reshape(8, 8, 8, 8, 3).mean(axis=(1, 3))  # noqa: E731
+    changed = np.abs(blocks(degrade_consistency(clean, mask, 1.0, defects)) - blocks(clean))[2:6, 2:6]
+    assert changed.mean() > 0.08
+    assert np.array_equal(degrade_consistency(clean, mask, 1.0, defects)[~mask], clean[~mask])
 
 
 def test_extend_prompt_content_sits_in_one_border_strip():

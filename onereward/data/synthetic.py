@@ -7,7 +7,7 @@ spaced levels, so the best is clean and the worst is strongly degraded):
 - text alignment: the region's object/text matches the prompt, contradicts it in colour,
   shape or letters, or (most severe, half of the inputs) is missing: the prompt was ignored;
 - structure: the region's content is shifted and warped, so lines break at the mask edge;
-- consistency: the region's colour, sharpness or noise departs from its surroundings;
+- consistency: the region's colour, sharpness or evenness departs from its surroundings;
 - aesthetics: global loss of contrast and saturation plus JPEG damage;
 - removal quality: a ghost of the removed object is left behind.
 
@@ -223,7 +223,7 @@ class Defects:
     period: float  # structure: wavelength of the warp, pixels
     mode: str  # consistency: "color", "blur" or "noise"
     direction: np.ndarray  # consistency: sign of the colour cast per channel
-    noise: np.ndarray  # consistency: unit noise field, scaled by severity
+    noise: np.ndarray  # consistency: unit blotch field (smooth, a few pixels across), scaled by severity
 
     @classmethod
     def draw(cls, size: int, rng) -> "Defects":
@@ -232,8 +232,19 @@ class Defects:
             period=float(rng.uniform(6, 12)),
             mode=str(rng.choice(["color", "blur", "noise"])),
             direction=rng.choice([-1.0, 1.0], size=3).astype(np.float32),
-            noise=rng.normal(0, 1, (size, size, 3)).astype(np.float32),
+            noise=blotches(size, rng),
         )
+
+
+def blotches(size: int, rng, cell: int = 8) -> np.ndarray:
+    """Unit-variance noise that varies over ``cell`` pixels: mottling a viewer sees at a glance.
+
+    Per-pixel noise of the same strength is averaged away by a downscaled view (the judge's
+    image patches), much as a viewer at arm's length does not see film grain.
+    """
+    coarse = rng.normal(0, 1, (3, size // cell + 1, size // cell + 1)).astype(np.float32)
+    smooth = np.stack([np.asarray(Image.fromarray(c).resize((size, size), Image.BILINEAR)) for c in coarse], axis=-1)
+    return smooth / smooth.std()
 
 
 def degrade_structure(a: np.ndarray, mask: np.ndarray, s: float, defects: Defects) -> np.ndarray:
@@ -257,11 +268,11 @@ def degrade_consistency(a: np.ndarray, mask: np.ndarray, s: float, defects: Defe
         return a
     if defects.mode == "color":
         region = a + defects.direction * 0.45 * s
-    elif defects.mode == "blur":
-        region = _to_arr(_to_img(a).filter(ImageFilter.GaussianBlur(radius=float(0.5 + 2.5 * s))))
-        region = region + 0.12 * s  # blurred and washed out, as weak fills often are
-    else:
-        region = a + defects.noise * 0.25 * s
+    elif defects.mode == "blur":  # soft and hazy, as weak fills often are: detail and contrast both go
+        region = _to_arr(_to_img(a).filter(ImageFilter.GaussianBlur(radius=float(1.0 + 3.0 * s))))
+        region = region + (0.85 - region) * 0.6 * s  # texture loss alone is lost at a glance; the haze is not
+    else:  # blotchy: mottled colour over the region
+        region = a + defects.noise * 0.2 * s
     out = a.copy()
     out[mask] = region[mask]
     return np.clip(out, 0, 1)
