@@ -156,16 +156,22 @@ def border_mask(size: int, rng) -> np.ndarray:
     mask = np.zeros((size, size), bool)
     sides = [s for s in ("top", "bottom", "left", "right") if rng.random() < 0.6] or ["left", "right"]
     for s in sides:
-        width = int(size * rng.uniform(0.15, 0.25))
-        if s == "top":
-            mask[:width] = True
-        elif s == "bottom":
-            mask[-width:] = True
-        elif s == "left":
-            mask[:, :width] = True
-        else:
-            mask[:, -width:] = True
+        mask |= side_strip(mask.shape, s, int(size * rng.uniform(0.15, 0.25)))
     return mask
+
+
+def side_strip(shape: tuple[int, int], side: str, width: int) -> np.ndarray:
+    """A boolean strip ``width`` pixels deep along one image border."""
+    strip = np.zeros(shape, bool)
+    if side == "top":
+        strip[:width] = True
+    elif side == "bottom":
+        strip[-width:] = True
+    elif side == "left":
+        strip[:, :width] = True
+    else:
+        strip[:, -width:] = True
+    return strip
 
 
 def widest_strip(mask: np.ndarray) -> np.ndarray:
@@ -175,17 +181,7 @@ def widest_strip(mask: np.ndarray) -> np.ndarray:
         "left": int(mask.all(axis=0).cumprod().sum()), "right": int(mask.all(axis=0)[::-1].cumprod().sum()),
     }
     side = max(widths, key=lambda k: widths[k])
-    strip = np.zeros_like(mask)
-    w = widths[side]
-    if side == "top":
-        strip[:w] = True
-    elif side == "bottom":
-        strip[-w:] = True
-    elif side == "left":
-        strip[:, :w] = True
-    else:
-        strip[:, -w:] = True
-    return strip
+    return side_strip(mask.shape, side, widths[side])
 
 
 def crop_photo(rng, size: int) -> np.ndarray:
