@@ -1,0 +1,59 @@
+"""Torch threads idle and beside a busy process: the measurement behind ``numerics.threads``.
+
+Each setting runs in a fresh interpreter (torch fixes its thread pool at the first op), the
+workload a loop of the small ops that tiny-model training is made of: a 64x64 matmul, a relu
+and a backward. "Busy" starts one process spinning on a core for the duration.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+LOOP = """
+import time, torch
+torch.set_num_threads({threads})
+x = torch.randn(64, 64); w = torch.randn(64, 64, requires_grad=True)
+n, end = 0, time.perf_counter() + {seconds}
+while time.perf_counter() < end:
+    for _ in range(100):
+        torch.relu(x @ w).sum().backward()
+    n += 100
+print(n / {seconds})
+"""
+
+
+@contextmanager
+def busy_neighbour():
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.5)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def loop_rate(threads: int, seconds: float) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds)],
+                         check=True, capture_output=True, text=True, env=env).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def thread_table(threads: list[int], seconds: float = 3.0) -> list[dict]:
+    rows = []
+    for t in threads:
+        idle = loop_rate(t, seconds)
+        with busy_neighbour():
+            busy = loop_rate(t, seconds)
+        rows.append({"threads": t, "idle_it_s": round(idle), "busy_it_s": round(busy), "slowdown": round(idle / busy, 2)})
+    return rows
+
+
+if __name__ == "__main__":
+    print(json.dumps(thread_table([1, 2])))
