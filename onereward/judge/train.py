@@ -5,7 +5,7 @@
 Every query-table row is one order of one pair, so the batch mean of the binary cross-entropy
 between ``sigmoid(logit_Yes - logit_No)`` and the row's label is exactly Eq. 3 averaged over
 pairs. PEFT LoRA or full fine-tuning, AdamW, warmup + cosine, gradient clipping, periodic
-checkpoints (safetensors only) and resume.
+checkpoints (safetensors and JSON, no pickle) and resume.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from onereward import train_state
 from onereward.io import atomic_path, dumps_json
 from onereward.judge.data import Example, batched, examples, shuffled, stack
 from onereward.judge.metrics import pair_results, summarize
@@ -175,53 +175,44 @@ def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_siz
     return out
 
 
+CHECKPOINT_FORMAT = 2
+"""Layout version in ``state.json``; checkpoints of another version are not resumed."""
+
+
 def save_checkpoint(path: Path, step: int, fingerprint: str, judge: Judge, opt: torch.optim.Optimizer) -> None:
-    """Trainable weights, AdamW moments and RNG state as safetensors, counters as JSON."""
+    """Trainable weights, optimizer state and RNG states as safetensors + JSON (``onereward.train_state``)."""
     named = {n: p for n, p in judge.model.named_parameters() if p.requires_grad}
-    index = {id(p): n for n, p in named.items()}
-    moments = {}
-    steps = {}
-    for group in opt.param_groups:
-        for p in group["params"]:
-            st = opt.state.get(p)
-            if st:
-                n = index[id(p)]
-                moments[f"{n}::exp_avg"] = st["exp_avg"].detach().contiguous()
-                moments[f"{n}::exp_avg_sq"] = st["exp_avg_sq"].detach().contiguous()
-                steps[n] = float(st["step"])
     with atomic_path(path) as tmp:
         tmp.mkdir()
-        save_file({n: p.detach().contiguous() for n, p in named.items()}, tmp / "trainable.safetensors")
-        save_file(moments, tmp / "optimizer.safetensors")
-        save_file({"torch": torch.get_rng_state()}, tmp / "rng.safetensors")
-        (tmp / "state.json").write_text(dumps_json({"step": step, "fingerprint": fingerprint, "adam_steps": steps}))
+        train_state.save_tensors(named, tmp / "trainable.safetensors")
+        train_state.save_optimizer(opt, tmp)
+        train_state.save_rng(tmp)
+        meta = {"step": step, "fingerprint": fingerprint, "format": CHECKPOINT_FORMAT}
+        (tmp / "state.json").write_text(dumps_json(meta))
 
 
 def load_checkpoint(path: Path, fingerprint: str, judge: Judge, opt: torch.optim.Optimizer) -> int:
-    """Restore a checkpoint written by the same run; returns the step to continue from (0: none)."""
+    """Restore a checkpoint written by the same run; returns the step to continue from (0: none).
+
+    Raises ``train_state.UnsafeCheckpoint`` if the folder holds a pickle file.
+    """
     state_file = path / "state.json"
     if not state_file.is_file():
         return 0
+    train_state.check_loadable(path)
     state = json.loads(state_file.read_text())
+    if state.get("format") != CHECKPOINT_FORMAT:
+        print(f"train_judge: ignoring checkpoint {path} of an older layout (format {state.get('format', 1)})")
+        return 0
     if state["fingerprint"] != fingerprint:
         print(f"train_judge: ignoring checkpoint {path} from a different configuration")
         return 0
     named = dict(judge.model.named_parameters())
-    weights = load_file(path / "trainable.safetensors")
     with torch.no_grad():
-        for n, t in weights.items():
+        for n, t in train_state.load_tensors(path / "trainable.safetensors").items():
             named[n].copy_(t)
-    moments = load_file(path / "optimizer.safetensors")
-    for group in opt.param_groups:
-        for p in group["params"]:
-            n = next(k for k, v in named.items() if v is p)
-            if n in state["adam_steps"]:
-                opt.state[p] = {
-                    "step": torch.tensor(state["adam_steps"][n]),
-                    "exp_avg": moments[f"{n}::exp_avg"].to(p.device),
-                    "exp_avg_sq": moments[f"{n}::exp_avg_sq"].to(p.device),
-                }
-    torch.set_rng_state(load_file(path / "rng.safetensors")["torch"])
+    train_state.load_optimizer(opt, path)
+    train_state.load_rng(path)
     print(f"train_judge: resumed from step {state['step']}")
     return int(state["step"])
 

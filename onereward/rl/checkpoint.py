@@ -1,8 +1,9 @@
-"""Resumable checkpoints: trainable weights and EMA as safetensors, optimizer and RNG as torch state.
+"""Resumable checkpoints: weights, EMA, optimizer and RNG state, all safetensors and JSON (no pickle).
 
 Layout: ``<root>/step-NNNNNN/`` with ``trainable.safetensors``, ``ema.safetensors``,
-``optimizer.pt``, per process ``rng-rank{r}.pt`` and ``refcache-rank{r}.safetensors`` (Alg. 1's
-reference images), the DVCLive folder as it was, and ``meta.json`` written last. A folder is
+``optimizer.{json,safetensors}``, per process ``rng-rank{r}.{json,safetensors}`` and
+``refcache-rank{r}.safetensors`` (Alg. 1's reference images), the DVCLive folder as it was,
+and ``meta.json`` written last (``onereward.train_state`` reads and writes the state). A folder is
 complete only once renamed from its ``.tmp-`` name, so a kill mid-save leaves nothing that
 looks complete. ``meta.json`` records a fingerprint of the run's settings; checkpoints of other
 settings are never resumed.
@@ -11,36 +12,13 @@ settings are never resumed.
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
-import numpy as np
-import torch
-from safetensors.torch import load_file, save_file
-
+from onereward import train_state
 from onereward.io import dumps_json
 
 META = "meta.json"
-
-
-def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
 def complete(root: Path, fingerprint: str) -> list[Path]:
@@ -86,12 +64,12 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         acc.wait_for_everyone()
-        torch.save(rng_state(), tmp / f"rng-rank{rank}.pt")
-        _save_tensors(refcache, tmp / f"refcache-rank{rank}.safetensors")
+        train_state.save_rng(tmp, f"rng-rank{rank}")
+        train_state.save_tensors(refcache, tmp / f"refcache-rank{rank}.safetensors")
         if acc.is_main_process:
-            _save_tensors(trainable, tmp / "trainable.safetensors")
-            _save_tensors(ema, tmp / "ema.safetensors")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            train_state.save_tensors(trainable, tmp / "trainable.safetensors")
+            train_state.save_tensors(ema, tmp / "ema.safetensors")
+            train_state.save_optimizer(optimizer, tmp)
             if live_dir is not None and live_dir.exists():
                 shutil.copytree(live_dir, tmp / "dvclive")
         acc.wait_for_everyone()
@@ -106,16 +84,21 @@ class Checkpointer:
         return final
 
     def load(self, path: Path, optimizer) -> dict:
-        """Restore optimizer and RNG in place; return trainable, ema, refcache tensors and the step."""
+        """Restore optimizer and RNG in place; return trainable, ema, refcache tensors and the step.
+
+        Raises ``train_state.UnsafeCheckpoint`` if the folder holds a pickle file (planted, or
+        written by an older version); nothing in it is opened then.
+        """
         rank = self.acc.process_index
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-        set_rng_state(torch.load(path / f"rng-rank{rank}.pt", weights_only=False))
+        train_state.check_loadable(path)
+        train_state.load_optimizer(optimizer, path)
+        train_state.load_rng(path, f"rng-rank{rank}")
         cache_file = path / f"refcache-rank{rank}.safetensors"
         return {
             "step": step_of(path),
-            "trainable": load_file(str(path / "trainable.safetensors")),
-            "ema": load_file(str(path / "ema.safetensors")),
-            "refcache": load_file(str(cache_file)) if cache_file.exists() else {},
+            "trainable": train_state.load_tensors(path / "trainable.safetensors"),
+            "ema": train_state.load_tensors(path / "ema.safetensors"),
+            "refcache": train_state.load_tensors(cache_file) if cache_file.exists() else {},
             "dvclive": path / "dvclive",
             "extra": json.loads((path / META).read_text()).get("extra", {}),
         }
