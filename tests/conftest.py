@@ -54,12 +54,8 @@ def make_repo_copy(dest: Path, params: dict | None = None) -> Path:
     (dest / "data").mkdir()
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=dest, check=True)
     (dest / "dvc.lock").unlink(missing_ok=True)
-    text = (dest / "params.yaml").read_text()
-    merged = _merge(_merge(yaml.safe_load(text), MICRO_PARAMS), params or {})
-    # Keep the profile anchors: rewrite only the stage sections below them.
-    head = text.split("\nsynthesize:")[0]
-    stages = {k: v for k, v in merged.items() if k not in ("profiles", "profile")}
-    (dest / "params.yaml").write_text(head + "\n\n" + yaml.safe_dump(stages, sort_keys=False))
+    merged = _merge(_merge(yaml.safe_load((dest / "params.yaml").read_text()), MICRO_PARAMS), params or {})
+    (dest / "params.yaml").write_text(yaml.safe_dump(merged, sort_keys=False))
     return dest
 
 
