@@ -13,6 +13,7 @@ from onereward.config import active_profile, load_params, section
 from onereward.io import atomic_path, dumps_json, write_json
 from onereward.policy.adapter import FillPolicy
 from onereward.policy.pretrain import ExamplePool, PretrainConfig, train_transformer, train_vae
+from onereward.policy.quality import base_quality
 from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
 
 OUT = Path("data/models/policy_base")
@@ -36,9 +37,14 @@ def main() -> None:
         policy = FillPolicy(build_tiny_pipeline(seed=cfg.seed))
         pool = ExamplePool(size, cfg)
         metrics = {**train_vae(policy, pool, cfg), **train_transformer(policy, pool, cfg)}
+        metrics = {k: round(v, 5) for k, v in metrics.items()}
+        quality = base_quality(policy, cfg.bar, size)
+        if not quality["bar_met"]:
+            raise SystemExit(f"base_model: the tiny base misses its bar ({cfg.bar}): {quality}; "
+                             "train it longer (base_model.steps, vae_steps) before it makes preference data")
         save_pipeline(policy.pipe, tmp)
-    write_json(METRICS, {k: round(v, 5) for k, v in metrics.items()})
-    print(f"base_model: tiny FLUX.1-Fill saved to {OUT}: {metrics}")
+    write_json(METRICS, {**metrics, "held_out": quality})
+    print(f"base_model: tiny FLUX.1-Fill saved to {OUT}: {metrics}; held out: {quality}")
 
 
 if __name__ == "__main__":

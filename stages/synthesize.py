@@ -1,7 +1,8 @@
 """Stage `synthesize`: the embedded default's raw annotation set in data/raw.
 
-Only the tiny profile synthesizes; the real profile reads the user's export from
-`profile.dataset`, so this stage then leaves an empty set with a note.
+Only the tiny profile synthesizes, with candidates from the base generator (stage
+`base_model`); the real profile reads the user's export from `profile.dataset`, so this stage
+then leaves an empty set with a note.
 """
 
 from pathlib import Path
@@ -10,6 +11,7 @@ from onereward.config import active_profile, section
 from onereward.data.records import RECORDS_FILE
 from onereward.data.synthetic import SynthesizeConfig, synthesize
 from onereward.io import atomic_path
+from onereward.policy.known import GenerationConfig
 
 OUT = Path("data/raw")
 
@@ -19,7 +21,8 @@ def main() -> None:
     cfg = section(SynthesizeConfig, "synthesize")
     with atomic_path(OUT) as tmp:
         if profile.is_tiny:
-            n = synthesize(tmp, cfg)
+            generation = section(GenerationConfig, "generation")
+            n = synthesize(tmp, cfg, profile.policy_model, generation.paste_known)
             print(f"synthesize: {n} records in {OUT}")
         else:
             tmp.mkdir()

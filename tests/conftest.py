@@ -31,10 +31,20 @@ MICRO_PARAMS = {
 
 
 @pytest.fixture(scope="session")
-def micro_dataset(tmp_path_factory) -> Path:
+def tiny_generator(tmp_path_factory) -> str:
+    """An untrained, seeded tiny FLUX.1-Fill pipeline folder: the candidates' generator in tests."""
+    from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+
+    path = tmp_path_factory.mktemp("generator") / "policy_base"
+    save_pipeline(build_tiny_pipeline(seed=0), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def micro_dataset(tmp_path_factory, tiny_generator) -> Path:
     """A raw annotation set of 24 inputs (all tasks) made by the synthesize code."""
     root = tmp_path_factory.mktemp("raw")
-    synthesize(root, SynthesizeConfig(num_inputs=24, workers=1))
+    synthesize(root, SynthesizeConfig(num_inputs=24, workers=1), tiny_generator)
     return root
 
 
@@ -59,8 +69,8 @@ def make_repo_copy(dest: Path, params: dict | None = None) -> Path:
     return dest
 
 
-def run_dvc(repo: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo)}
+def run_dvc(repo: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(repo), **(env or {})}
     proc = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True)
     if check and proc.returncode:
         raise AssertionError(f"dvc {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")

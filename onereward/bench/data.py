@@ -38,10 +38,19 @@ def _plain_tar(root: Path, out: Path) -> None:
                 tar.add(root / rel, arcname=f"{rec['id']}.{Path(rel).name}")
 
 
+def untrained_generator(path: Path) -> str:
+    """A seeded, untrained tiny FLUX.1-Fill folder: generates as fast as the trained one."""
+    from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+
+    if not path.exists():
+        save_pipeline(build_tiny_pipeline(seed=0), path)
+    return str(path)
+
+
 def shard_throughput(inputs: int, repeats: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        synthesize(tmp / "raw", SynthesizeConfig(num_inputs=inputs, workers=2))
+        synthesize(tmp / "raw", SynthesizeConfig(num_inputs=inputs, workers=2), untrained_generator(tmp / "generator"))
         run = iter(range(10**6))
 
         def shard():
@@ -75,7 +84,7 @@ def scale_child(phase: str, inputs: int, root: str) -> None:
     root = Path(root)
     start = time.perf_counter()
     if phase == "synthesize":
-        synthesize(root / "raw", SynthesizeConfig(num_inputs=inputs, workers=2))
+        synthesize(root / "raw", SynthesizeConfig(num_inputs=inputs, workers=2), untrained_generator(root / "generator"))
     else:
         (root / "out").mkdir()
         shard_dataset(root / "raw", root / "out" / "shards", root / "out" / "m.parquet", root / "out" / "q.jsonl",

@@ -49,14 +49,20 @@ def generate(
     cfg: InferenceConfig = InferenceConfig(),
     latents: torch.Tensor | None = None,
     decode: bool = True,
+    seeds: list[int] | None = None,
 ) -> torch.Tensor:
     """Fill ``images`` [B,3,H,W] in [0,1] where ``masks`` [B,1,H,W] is 1; returns [B,3,H,W] in [0,1].
 
     The generator is consumed in FluxFillPipeline's order, so with ``true_cfg=1`` the result equals
     a stock ``FluxFillPipeline`` call with the same seed. ``latents`` (packed) replaces the
-    initial noise; ``decode=False`` returns the final packed latents instead of images.
+    initial noise; ``decode=False`` returns the final packed latents instead of images. ``seeds``
+    (one per image) replace ``cfg.seed`` with a generator per image: each image's noise then
+    does not depend on the batch it is made in.
     """
-    gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+    if seeds is None:
+        gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+    else:
+        gen = [torch.Generator(device=policy.device).manual_seed(int(s)) for s in seeds]
     texts = task_prompts(tasks, list(prompts))
     cond, noise = policy.prepare(images.to(policy.device), masks.to(policy.device), texts, gen, latents)
     neg = None

@@ -9,7 +9,7 @@ tasks: fills with a prompted object or text drawn in, extends with the fixed pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -17,8 +17,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from onereward import tasks
-from onereward.data import synthetic as syn
+from onereward.data import scenes as syn
 from onereward.policy.adapter import FillPolicy
+from onereward.policy.quality import BaseBar
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class PretrainConfig:
     """Share of fill examples whose region gets the prompted object or text drawn in."""
     pool_size: int = 2048
     """Examples drawn once and sampled (with flips) by both phases."""
+    bar: BaseBar = field(default_factory=BaseBar)
+    """What the trained base must reach before it makes preference data (onereward.policy.quality)."""
 
 
 def example(rng, size: int, cfg: PretrainConfig) -> tuple[np.ndarray, np.ndarray, str]:
