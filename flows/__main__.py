@@ -4,6 +4,9 @@ python -m flows server     # Prefect server + UI on http://127.0.0.1:4200 (datab
 python -m flows serve      # register onereward-pipeline/nightly (cron) and execute its runs
 python -m flows trigger    # run the deployment now and wait for it
 python -m flows run        # run the flow right here, without a deployment
+
+Stages, overrides and params are checked before a run is created; a problem is one line
+on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -13,8 +16,9 @@ import os
 import sys
 import urllib.error
 import urllib.request
+from pathlib import Path
 
-from flows import configure_environment
+from flows import PROJECT_ROOT, configure_environment
 
 configure_environment()  # before anything imports prefect
 
@@ -52,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     port(sp)
     sp.add_argument("--name", default="nightly", help="deployment name")
     sp.add_argument("--no-wait", action="store_true", help="return once the run is created")
+    sp.add_argument(
+        "--pickup-timeout", type=float, default=60.0, help="seconds to wait for a runner to pick the run up (cancelled after)"
+    )
     flow_params(sp)
     sp = sub.add_parser("run", help="run the flow in this process")
     port(sp)
@@ -83,6 +90,10 @@ def _flow_parameters(args: argparse.Namespace) -> dict[str, object]:
     return params
 
 
+def _experiment(args: argparse.Namespace) -> bool:
+    return bool(args.set_param or args.exp_name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     api_url = f"http://127.0.0.1:{args.port}/api"
@@ -97,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Prefect UI on http://127.0.0.1:{args.port} (PREFECT_HOME={os.environ['PREFECT_HOME']})", flush=True)
         os.execv(sys.executable, cmd)
 
+    from flows.workspace import PreflightError, preflight  # DVC only: no prefect yet
+
+    if args.command == "run":
+        try:
+            preflight(Path(args.workspace or PROJECT_ROOT).resolve(), args.target, args.set_param, _experiment(args))
+        except PreflightError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     if not os.environ.get("PREFECT_API_URL"):
         if _server_is_up(api_url):
             os.environ["PREFECT_API_URL"] = api_url
@@ -107,17 +126,28 @@ def main(argv: list[str] | None = None) -> int:
             print("No Prefect server running: using a temporary one (start `python -m flows server` to keep runs).")
     from flows import deploy  # imports prefect: only now that PREFECT_API_URL is settled
 
-    if args.command == "serve":
-        params = {"workspace": os.path.abspath(args.workspace)} if args.workspace else {}
-        deploy.serve(name=args.name, cron=args.cron, timezone=args.timezone, parameters=params)
-        return 0
-    if args.command == "trigger":
-        run = deploy.trigger(name=args.name, parameters=_flow_parameters(args), wait=not args.no_wait)
-        ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
-        state_name = run.state.name if run.state else "unknown"
-        print(f"flow run {run.name} ({run.id}): {state_name}\n{ui}/runs/flow-run/{run.id}")
-        return 0 if args.no_wait or (run.state is not None and run.state.is_completed()) else 1
-    state = deploy.onereward_pipeline(**_flow_parameters(args), pull=args.pull, push=args.push, return_state=True)
+    try:
+        if args.command == "serve":
+            params = {"workspace": os.path.abspath(args.workspace)} if args.workspace else {}
+            deploy.serve(name=args.name, cron=args.cron, timezone=args.timezone, parameters=params)
+            return 0
+        parameters = _flow_parameters(args)
+        if args.command == "trigger":
+            deployment = deploy.find_deployment(args.name)
+            ws = str(parameters.get("workspace") or deployment.parameters.get("workspace") or PROJECT_ROOT)
+            if os.path.isdir(ws):  # else the workspace lives on the runner's machine: the run checks it
+                preflight(Path(ws), args.target, args.set_param, _experiment(args))
+            run = deploy.trigger(deployment, parameters, wait=not args.no_wait, pickup_timeout=args.pickup_timeout)
+            ui = os.environ["PREFECT_API_URL"].removesuffix("/api")
+            state_name = run.state.name if run.state else "unknown"
+            print(f"flow run {run.name} ({run.id}): {state_name}\n{ui}/runs/flow-run/{run.id}")
+            if run.state is not None and run.state.is_failed() and run.state.message:
+                print(" ".join(run.state.message.split())[:500], file=sys.stderr)
+            return 0 if args.no_wait or (run.state is not None and run.state.is_completed()) else 1
+    except (PreflightError, deploy.TriggerError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    state = deploy.onereward_pipeline(**parameters, pull=args.pull, push=args.push, return_state=True)
     return 0 if state.is_completed() else 1
 
 

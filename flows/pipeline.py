@@ -2,8 +2,10 @@
 
 DVC is the cache and the record of what produced what: every task runs
 ``dvc repro --single-item <stage>``, so a stage whose inputs did not change is a DVC no-op
-and a rerun with nothing changed takes seconds. Prefect schedules, retries, logs and
-shows the reports as artifacts.
+and a rerun with nothing changed takes seconds. A run with overrides is a DVC experiment
+instead (``dvc exp run --temp``): it runs in a temporary clone and leaves params, data and
+``dvc.lock`` of the workspace as they were. Prefect schedules, retries, logs and shows the
+reports as artifacts. Nothing runs before :func:`flows.workspace.preflight` has passed.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ configure_environment()  # before prefect is imported, also when Prefect loads t
 import json  # noqa: E402
 import re  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, cast  # noqa: E402
 from uuid import UUID  # noqa: E402
@@ -32,16 +35,16 @@ from prefect.runtime import flow_run  # noqa: E402
 from prefect.states import State  # noqa: E402
 from prefect.tasks import Task, exponential_backoff  # noqa: E402
 
-from flows.reports import REPORT_TABLES, StageOutcome, summary_markdown, table_rows  # noqa: E402
+from flows.reports import REPORT_MARKDOWN, REPORT_TABLES, StageOutcome, artifact_markdown, summary_markdown  # noqa: E402
 from flows.workspace import (  # noqa: E402
     DvcResult,
     StageInfo,
-    apply_param_overrides,
-    discover_stages,
-    is_git_workspace,
-    restore_files,
+    experiment_command,
+    experiment_ref,
+    preflight,
+    read_at,
     run_dvc,
-    select_stages,
+    stage_event,
     workspace_lock,
 )
 
@@ -87,6 +90,62 @@ def _set_progress(progress_id: UUID | None, percent: float) -> None:
         update_progress_artifact(artifact_id=progress_id, progress=round(min(max(percent, 0.0), 100.0), 1))
 
 
+class _StageStream:
+    """DVC's output into the logs: stage statuses noted, tqdm bars thinned and turned into progress."""
+
+    def __init__(self, progress_id: UUID | None, position: Callable[[str | None], tuple[int, int]]) -> None:
+        self.logger = get_run_logger()
+        self.progress_id = progress_id
+        self.position = position  # stage (None: the current one) -> (index, total) for the progress bar
+        self.status: dict[str, str] = {}
+        self.current: str | None = None
+        self.last_update = self.last_bar = 0.0
+        self.held_bar: str | None = None  # latest progress-bar line not logged yet
+
+    def __call__(self, line: str) -> None:
+        event = stage_event(line)
+        if event is not None:
+            self.current = event[0]
+            self.status[event[0]] = event[1]
+            index, total = self.position(event[0])
+            _set_progress(self.progress_id, 100.0 * index / total)
+        if _TQDM_BAR.search(line):  # a progress bar: move the artifact, keep the logs readable
+            now = time.monotonic()
+            m = _TQDM_PERCENT.search(line)
+            if m and (now - self.last_update >= _PROGRESS_EVERY_S or int(m.group(1)) >= 100):
+                index, total = self.position(self.current)
+                _set_progress(self.progress_id, 100.0 * (index + int(m.group(1)) / 100.0) / total)
+                self.last_update = now
+            if now - self.last_bar < _BAR_LOG_EVERY_S:
+                self.held_bar = line
+                return
+            self.last_bar = now
+        elif self.held_bar is not None:  # the bar's final state, before what follows it
+            self.logger.info(self.held_bar)
+        self.held_bar = None
+        (self.logger.error if line.startswith("ERROR") else self.logger.info)(line)
+
+    def flush(self) -> None:
+        if self.held_bar is not None:
+            self.logger.info(self.held_bar)
+            self.held_bar = None
+
+
+def _raise_for(stage: str, result: DvcResult) -> None:
+    logger = get_run_logger()
+    if result.transient:
+        logger.warning("stage %r failed in a way that looks transient; retrying with backoff if retries remain", stage)
+        raise TransientStageFailure(stage, result)
+    logger.error("stage %r failed deterministically (not retried): fix the cause and rerun", stage)
+    raise StageFailed(stage, result)
+
+
+@task(name="check", cache_policy=NO_CACHE, persist_result=False)
+def check_run(workspace: str, target: str | None, overrides: list[str], experiment: bool) -> list[StageInfo]:
+    """Stages, overrides and params checked before DVC touches anything (one line on failure)."""
+    return preflight(Path(workspace), target, overrides, experiment)
+
+
 @task(
     task_run_name="{stage}",
     tags=[DVC_TAG],
@@ -103,59 +162,42 @@ def run_stage(
     total: int = 1,
 ) -> StageOutcome:
     """``dvc repro --single-item <stage>``, its output streamed line by line into the logs."""
-    logger = get_run_logger()
-    status = "up to date"  # what DVC says when it neither runs nor restores the stage
-    last_update = last_bar = 0.0
-    held_bar: str | None = None  # latest progress-bar line not logged yet
-
-    def on_line(line: str) -> None:
-        nonlocal status, last_update, last_bar, held_bar
-        if line.startswith("Running stage "):
-            status = "ran"
-        elif line.startswith("Stage ") and "is cached - skipping run" in line:
-            status = "restored from run-cache"
-        if _TQDM_BAR.search(line):  # a progress bar: move the artifact, keep the logs readable
-            now = time.monotonic()
-            m = _TQDM_PERCENT.search(line)
-            if m and (now - last_update >= _PROGRESS_EVERY_S or int(m.group(1)) >= 100):
-                _set_progress(progress_id, 100.0 * (index + int(m.group(1)) / 100.0) / total)
-                last_update = now
-            if now - last_bar < _BAR_LOG_EVERY_S:
-                held_bar = line
-                return
-            last_bar = now
-        elif held_bar is not None:  # the bar's final state, before what follows it
-            logger.info(held_bar)
-        held_bar = None
-        (logger.error if line.startswith("ERROR") else logger.info)(line)
-
+    stream = _StageStream(progress_id, lambda _: (index, total))
     start = time.monotonic()
-    result = run_dvc(["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(workspace), on_line)
-    if held_bar is not None:
-        logger.info(held_bar)
+    result = run_dvc(["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(workspace), stream)
+    stream.flush()
     if result.returncode != 0:
-        if result.transient:
-            logger.warning(
-                "stage %r failed in a way that looks transient; retrying with backoff if retries remain", stage
-            )
-            raise TransientStageFailure(stage, result)
-        logger.error("stage %r failed deterministically (not retried): fix the cause and rerun", stage)
-        raise StageFailed(stage, result)
-    return StageOutcome(stage, status, time.monotonic() - start)
+        _raise_for(stage, result)
+    # DVC says nothing about a stage it neither runs nor restores
+    return StageOutcome(stage, stream.status.get(stage, "up to date"), time.monotonic() - start)
 
 
-@task(tags=[DVC_TAG], cache_policy=NO_CACHE, persist_result=False)
-def record_experiment(workspace: str, name: str) -> str | None:
-    """``dvc exp save``: keep this run's params, dvc.lock and metrics as a DVC experiment."""
-    logger = get_run_logger()
-    ws = Path(workspace)
-    if not is_git_workspace(ws):
-        logger.warning("workspace is not a git repository: experiment %r not recorded (see the run's artifacts)", name)
-        return None
-    result = run_dvc(["exp", "save", "--name", name], ws, logger.info)
+@task(
+    task_run_name="experiment {name}",
+    tags=[DVC_TAG],
+    cache_policy=NO_CACHE,
+    persist_result=False,
+    retry_condition_fn=_retry_if_transient,
+)
+def run_experiment(
+    name: str,
+    workspace: str,
+    stages: list[str],
+    target: str | None,
+    overrides: list[str],
+    pull: bool = False,
+    progress_id: UUID | None = None,
+) -> list[StageOutcome]:
+    """``dvc exp run --temp``: the selected stages in a temporary clone, saved as experiment ``name``."""
+    order = {s: i for i, s in enumerate(stages)}
+    stream = _StageStream(progress_id, lambda s: (order.get(s or "", 0), max(len(stages), 1)))
+    start = time.monotonic()
+    result = run_dvc(experiment_command(name, target, overrides, pull), Path(workspace), stream)
+    stream.flush()
     if result.returncode != 0:
-        raise RuntimeError(f"dvc exp save failed (exit {result.returncode}):\n" + "\n".join(result.tail[-10:]))
-    return name
+        _raise_for(stream.current or f"experiment {name}", result)
+    seconds = time.monotonic() - start
+    return [StageOutcome(s, stream.status.get(s, "up to date"), seconds if s == stages[-1] else 0.0) for s in stages]
 
 
 @task(
@@ -182,27 +224,52 @@ def _publish(
     experiment: str | None,
     error: str | None,
 ) -> None:
-    """Table artifacts for fresh reports, then the markdown summary."""
+    """Table and markdown artifacts for the reports this run wrote, then the markdown summary.
+
+    A report whose stage was not part of this run may be stale, so it is left out; an
+    experiment's reports are read from its commit (the workspace still has the old ones).
+    """
     logger = get_run_logger()
     completed = {o.stage for o in outcomes if o.status not in ("failed", "not run")}
     writer = {out: s.name for s in stages for out in s.outs}
-    published: dict[str, str] = {}
+    rev = experiment_ref(ws, experiment) if experiment else None
+
+    def fresh(rel: str) -> str | None:
+        if rel in writer and writer[rel] not in completed:
+            return None
+        if experiment:
+            return read_at(ws, rev, rel) if rev else None
+        path = ws / rel
+        return path.read_text() if path.is_file() else None
+
+    published: dict[str, list[str]] = {}
     for report in REPORT_TABLES:
-        path = ws / report.path
-        # A report whose stage was not part of this run may be stale: leave it out.
-        if not path.is_file() or (report.path in writer and writer[report.path] not in completed):
+        text = fresh(report.path)
+        if text is None:
             continue
         try:
-            rows = table_rows(json.loads(path.read_text()))
-        except (OSError, ValueError) as e:
-            logger.warning("cannot read %s as JSON (%s): no table artifact", report.path, e)
+            data = json.loads(text)
+            rows = report.rows(data)
+            extra = report.description(data) if report.description else ""
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            logger.warning("cannot read %s as its table (%s): no table artifact", report.path, e)
             continue
-        create_table_artifact(table=rows, key=report.key, description=f"{report.title} - `{report.path}`")
-        published[report.path] = report.key
+        description = f"{report.title}{': ' + extra if extra else ''} (`{report.path}`)"
+        create_table_artifact(table=rows, key=report.key, description=description)
+        published.setdefault(report.path, []).append(report.key)
+    for md in REPORT_MARKDOWN:
+        text = fresh(md.path)
+        if text is None:
+            continue
+        create_markdown_artifact(
+            markdown=artifact_markdown(text, md.path), key=md.key, description=f"{md.title} (`{md.path}`)"
+        )
+        published.setdefault(md.path, []).append(md.key)
+    reports = sorted({r.path for r in REPORT_TABLES} | {m.path for m in REPORT_MARKDOWN})
     create_markdown_artifact(
-        markdown=summary_markdown(ws, outcomes, target, overrides, experiment, published, error),
+        markdown=summary_markdown(str(ws), outcomes, target, overrides, experiment, published, reports, error),
         key=SUMMARY_KEY,
-        description="Stages run or skipped by DVC, and links to the reports",
+        description="Stages run or skipped by DVC, and the artifacts that show the reports",
     )
 
 
@@ -223,10 +290,11 @@ def onereward_pipeline(
     Args:
         target: Stage to build, with the stages it depends on; empty for all stages.
         set_params: Overrides as for `dvc exp run --set-param`, e.g. `synthesize.num_inputs=24`
-            or `params.yaml:shard.seed=1`. They hold for this run only: the params files are
-            restored afterwards and the result is saved as a DVC experiment (git workspaces).
-        exp_name: Name of the DVC experiment to save; defaults to the flow run's name
-            when overrides are given. Setting it records an experiment even without overrides.
+            or `params.yaml:shard.seed=1`. They hold for this run only: the run is a DVC
+            experiment in a temporary clone (`dvc exp run --temp`, git workspaces), so the
+            workspace's params, data and dvc.lock stay as they were.
+        exp_name: Name of that DVC experiment; defaults to the flow run's name. Setting it
+            makes a run an experiment even without overrides.
         pull: Pull missing inputs and cached outputs from the DVC remote (`dvc repro --pull`).
         push: Push outputs and run-cache to the DVC remote after the last stage (`dvc push --run-cache`).
         workspace: DVC workspace to run in; defaults to this repository.
@@ -237,43 +305,49 @@ def onereward_pipeline(
     logger = get_run_logger()
     ws = Path(workspace).resolve() if workspace else PROJECT_ROOT
     overrides = list(set_params or [])
-    stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=exponential_backoff(retry_delay_seconds))
+    experiment = (exp_name or str(flow_run.name)) if (overrides or exp_name) else None
+    backoff = exponential_backoff(retry_delay_seconds)
     progress_id = cast(  # sync call: a UUID, not the coroutine the signature also allows
         UUID,
         create_progress_artifact(progress=0.0, key=PROGRESS_KEY, description="Share of the selected DVC stages done"),
     )
     stages: list[StageInfo] = []
     outcomes: list[StageOutcome] = []
-    experiment: str | None = None
     error: str | None = None
-    with workspace_lock(ws, lock_timeout_seconds, owner=f"flow run {flow_run.name}", on_wait=logger.warning):
-        originals = apply_param_overrides(ws, overrides)
-        try:
-            stages = discover_stages(ws)
-            selected = select_stages(stages, target)
-            logger.info("DVC stages in dependency order: %s", ", ".join(s.name for s in selected) or "none")
-            for i, stage in enumerate(selected):
+    try:
+        selected = stages = check_run(str(ws), target, overrides, experiment is not None)
+        logger.info("DVC stages in dependency order: %s", ", ".join(s.name for s in selected) or "none")
+        with workspace_lock(ws, lock_timeout_seconds, owner=f"flow run {flow_run.name}", on_wait=logger.warning):
+            if experiment:
+                names = [s.name for s in selected]
+                outcomes = [StageOutcome(n, "not run") for n in names]
+                exp_task = run_experiment.with_options(retries=retries, retry_delay_seconds=backoff)
                 try:
-                    outcomes.append(stage_task(stage.name, str(ws), pull, progress_id, i, len(selected)))
+                    outcomes = exp_task(experiment, str(ws), names, target, overrides, pull, progress_id)
                 except BaseException:
-                    outcomes.append(StageOutcome(stage.name, "failed"))
-                    outcomes += [StageOutcome(s.name, "not run") for s in selected[i + 1 :]]
+                    outcomes = [StageOutcome(n, "failed" if i == 0 else "not run") for i, n in enumerate(names)]
                     raise
-                _set_progress(progress_id, 100.0 * (i + 1) / len(selected))
+            else:
+                stage_task = run_stage.with_options(retries=retries, retry_delay_seconds=backoff)
+                for i, stage in enumerate(selected):
+                    try:
+                        outcomes.append(stage_task(stage.name, str(ws), pull, progress_id, i, len(selected)))
+                    except BaseException:
+                        outcomes.append(StageOutcome(stage.name, "failed"))
+                        outcomes += [StageOutcome(s.name, "not run") for s in selected[i + 1 :]]
+                        raise
+                    _set_progress(progress_id, 100.0 * (i + 1) / len(selected))
             _set_progress(progress_id, 100.0)
-            if overrides or exp_name:
-                experiment = record_experiment(str(ws), exp_name or str(flow_run.name))
             if push:
                 push_outputs(str(ws))
-        except BaseException as e:
-            error = str(e)
-            raise
-        finally:
-            restore_files(originals)
-            try:
-                _publish(ws, stages, outcomes, target, overrides, experiment, error)
-            except Exception:  # an artifact hiccup must not hide the run's real outcome
-                logger.exception("could not publish the run's artifacts")
+    except BaseException as e:
+        error = str(e)
+        raise
+    finally:
+        try:
+            _publish(ws, stages, outcomes, target, overrides, experiment if not error else None, error)
+        except Exception:  # an artifact hiccup must not hide the run's real outcome
+            logger.exception("could not publish the run's artifacts")
     ran = sum(o.status == "ran" for o in outcomes)
     logger.info("done: %d stage(s) ran, %d skipped by DVC (unchanged)", ran, len(outcomes) - ran)
     return outcomes

@@ -1,32 +1,143 @@
-"""Turn the pipeline's JSON reports into tables and a markdown run summary (no Prefect here)."""
+"""The pipeline's reports as the Prefect UI shows them, and the run summary (no Prefect here).
+
+Every table the markdown reports have is published twice: as a table artifact with one row
+per task or setting and one column per dimension (built from the JSON report, so numbers
+sort and compare), and as the report's own markdown (built by the stage, so the UI shows
+exactly what ``reports/*.md`` says). Nothing links to files: a browser does not open a
+``file://`` link from the UI, and the flow may have run on another machine.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import json
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from onereward.tasks import DIMENSIONS, EVAL_SETTINGS, TASKS
+
 Row = dict[str, Any]
+MISSING = "-"
+"""A cell the task does not have (as in the markdown reports)."""
+
+
+def _pct(value: Any) -> Any:
+    return MISSING if value is None else value
+
+
+def table1_rows(accuracy: Mapping[str, Any]) -> list[Row]:
+    """Table 1 from ``reports/judge_accuracy.json``: task rows, one accuracy (%) column per dimension."""
+    cells = accuracy.get("cells", {})
+    rows = []
+    for name, task in TASKS.items():
+        by_dim = cells.get(name, {})
+        row: Row = {"task": task.title}
+        for dim, spec in DIMENSIONS.items():
+            row[spec.title] = _pct(by_dim.get(dim, {}).get("accuracy")) if dim in task.dimensions else MISSING
+        rows.append(row)
+    return rows
+
+
+def figure7_rows(metrics: Mapping[str, Any]) -> list[Row]:
+    """Figure 7 from ``reports/eval_metrics.json``: Good / Same / Bad (%) of tuned vs base per setting."""
+    rows = []
+    for name, setting in EVAL_SETTINGS.items():
+        if name not in metrics:
+            continue
+        m = metrics[name]
+        gsb = m.get("gsb", {})
+        rows.append(
+            {
+                "setting": setting.title,
+                "n": m.get("n"),
+                "good %": _pct(gsb.get("good")),
+                "same %": _pct(gsb.get("same")),
+                "bad %": _pct(gsb.get("bad")),
+                "mean preference for tuned": _pct(m.get("mean_preference")),
+            }
+        )
+    return rows
+
+
+def table2_rows(metrics: Mapping[str, Any]) -> list[Row]:
+    """Table 2 from ``reports/eval_metrics.json``: per setting and model, usability and win rate (%) per dimension."""
+    rows = []
+    for name, setting in EVAL_SETTINGS.items():
+        if name not in metrics:
+            continue
+        dims = TASKS[setting.task].dimensions
+        for model in ("base", "tuned"):
+            m = metrics[name].get(model, {})
+            row: Row = {"setting": setting.title, "model": model, "usability %": _pct(m.get("usability"))}
+            for dim, spec in DIMENSIONS.items():
+                row[spec.title] = _pct(m.get("win_rate", {}).get(dim)) if dim in dims else MISSING
+            rows.append(row)
+    return rows
+
+
+def data_rows(stats: Mapping[str, Any]) -> list[Row]:
+    """``reports/data_stats.json``: per split, inputs and pairs (all, then per task)."""
+    rows = []
+    for split, inputs in stats.get("inputs_per_split", {}).items():
+        row: Row = {"split": split, "inputs": inputs, "pairs": stats.get("pairs_per_split", {}).get(split)}
+        for name, task in TASKS.items():
+            row[f"{task.title} pairs"] = sum(stats.get("pairs", {}).get(split, {}).get(name, {}).values())
+        rows.append(row)
+    return rows
+
+
+def data_description(stats: Mapping[str, Any]) -> str:
+    reasons = ", ".join(f"{k} {v}" for k, v in stats.get("quarantined_by_reason", {}).items()) or "none"
+    return (
+        f"{stats.get('records_in')} records in, {stats.get('accepted')} accepted, "
+        f"{stats.get('quarantined')} quarantined ({reasons})"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
 class ReportTable:
-    """A JSON report that the flow publishes as a table artifact when it exists."""
+    """A table artifact built from a JSON report, published when the report is fresh."""
 
     path: str
     """Relative to the workspace."""
     key: str
     """Artifact key: lowercase letters, digits and dashes; versions accumulate under it."""
     title: str
+    rows: Callable[[Any], list[Row]]
+    """Report JSON -> rows (one dict per row, same keys in every row)."""
+    description: Callable[[Any], str] | None = None
+    """Extra words for the artifact's description."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ReportMarkdown:
+    """A markdown report the stage writes, published as a markdown artifact."""
+
+    path: str
+    key: str
+    title: str
 
 
 REPORT_TABLES: tuple[ReportTable, ...] = (
-    ReportTable("reports/data_stats.json", "data-stats", "Data: records in, accepted, quarantined, pairs per split"),
-    ReportTable("reports/judge_accuracy.json", "judge-accuracy", "Judge accuracy per task x dimension (Table 1)"),
-    ReportTable("reports/eval_metrics.json", "eval-metrics", "Evaluation: base vs tuned policy (Table 2, GSB)"),
+    ReportTable("reports/data_stats.json", "data-stats", "Data: inputs and pairs per split", data_rows, data_description),
+    ReportTable("reports/judge_accuracy.json", "judge-accuracy", "Table 1: judge accuracy (%), task x dimension", table1_rows),
+    ReportTable("reports/eval_metrics.json", "eval-gsb", "Figure 7: Good / Same / Bad of tuned vs base (%)", figure7_rows),
+    ReportTable(
+        "reports/eval_metrics.json", "eval-usability", "Table 2: usability and win rate per dimension (%)", table2_rows
+    ),
 )
+REPORT_MARKDOWN: tuple[ReportMarkdown, ...] = (
+    ReportMarkdown("reports/table1_judge_accuracy.md", "table1-report", "Table 1 report"),
+    ReportMarkdown("reports/paper_tables.md", "paper-tables", "Paper tables beside this run (Figure 7, Table 2, Table 1)"),
+)
+
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+
+
+def artifact_markdown(text: str, path: str) -> str:
+    """A report's markdown for the UI: images named instead of linked (they are files, not URLs)."""
+    folder = path.rsplit("/", 1)[0]
+    return _IMAGE.sub(lambda m: f"{m.group(1)} (image `{folder}/{m.group(2)}`)", text)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,77 +150,38 @@ class StageOutcome:
     seconds: float = 0.0
 
 
-def _scalar(value: Any) -> Any:
-    return value if value is None or isinstance(value, (str, int, float, bool)) else json.dumps(value, sort_keys=True)
-
-
-def _flatten(data: Any, prefix: str = "") -> Row:
-    if isinstance(data, Mapping) and data:
-        out: Row = {}
-        for k, v in data.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix or "value": _scalar(data)}
-
-
-def table_rows(data: Any) -> list[Row]:
-    """Rows for a table artifact, whatever the report's shape.
-
-    - a list of records stays a list of rows;
-    - ``{row: {column: scalar}}`` (accuracy per task x dimension) becomes a matrix;
-    - anything else is flattened into ``metric`` / ``value`` rows with dotted keys.
-    """
-    if isinstance(data, list) and all(isinstance(r, Mapping) for r in data):
-        return [{str(k): _scalar(v) for k, v in r.items()} for r in data]
-    if (
-        isinstance(data, Mapping)
-        and data
-        and all(
-            isinstance(v, Mapping) and v and not any(isinstance(x, (Mapping, list)) for x in v.values())
-            for v in data.values()
-        )
-    ):
-        columns = sorted({str(c) for v in data.values() for c in v})
-        return [{"name": str(k), **{c: v.get(c) for c in columns}} for k, v in data.items()]
-    return [{"metric": k, "value": v} for k, v in _flatten(data).items()]
-
-
-def report_link(workspace: Path, rel: str) -> str:
-    """A markdown link that opens the file on the machine that ran the flow."""
-    return f"[{rel}]({(workspace / rel).resolve().as_uri()})"  # the UI shows no code spans in links
-
-
 def summary_markdown(
-    workspace: Path,
+    workspace: str,
     outcomes: Sequence[StageOutcome],
     target: str | None,
     overrides: Sequence[str],
     experiment: str | None,
-    published: Mapping[str, str],
+    published: Mapping[str, list[str]],
+    reports: Sequence[str],
     error: str | None = None,
 ) -> str:
-    """The run's markdown artifact: what ran, what DVC skipped, where the reports are."""
+    """The run's markdown artifact: what ran, what DVC skipped, where each report is shown."""
     lines = ["# OneReward pipeline run", ""]
     lines.append(f"- workspace: `{workspace}`")
     lines.append(f"- target: `{target}` and its upstream stages" if target else "- target: all stages")
     if overrides:
         lines.append("- overrides (`dvc exp run --set-param`): " + ", ".join(f"`{o}`" for o in overrides))
     if experiment:
-        lines.append(f"- DVC experiment: `{experiment}` (`dvc exp show`)")
+        lines.append(
+            f"- DVC experiment `{experiment}`, run in a temporary copy: the workspace is unchanged; "
+            f"`dvc exp show` lists it, `dvc exp apply {experiment}` brings its results into the workspace"
+        )
     lines += ["", "| # | stage | result | seconds |", "|---|---|---|---|"]
     for i, o in enumerate(outcomes, 1):
         lines.append(f"| {i} | `{o.stage}` | {o.status} | {o.seconds:.1f} |")
     if error:
         lines += ["", "## Error", "", "```", error.strip(), "```"]
-    reports = workspace / "reports"
-    files = (
-        sorted(p for p in reports.rglob("*") if p.is_file() and not p.name.startswith(".")) if reports.is_dir() else []
-    )
     lines += ["", "## Reports", ""]
-    if not files:
+    if not reports:
         lines.append("No reports yet.")
-    for p in files:
-        rel = p.relative_to(workspace).as_posix()
-        extra = f" (table artifact `{published[rel]}`)" if rel in published else ""
-        lines.append(f"- {report_link(workspace, rel)}{extra}")
+    for rel in reports:
+        keys = published.get(rel)
+        shown = ("artifacts " + ", ".join(f"`{k}`" for k in keys)) if keys else "not published: not written by this run"
+        lines.append(f"- `{rel}`: {shown}")
     return "\n".join(lines) + "\n"
+

@@ -1,5 +1,5 @@
-"""The DVC side of orchestration, free of Prefect: stage discovery, the workspace lock,
-``--set-param`` overrides and streaming ``dvc`` subprocesses.
+"""The DVC side of orchestration, free of Prefect: stage discovery, the checks before a run,
+the workspace lock, ``--set-param`` overrides, experiments and streaming ``dvc`` subprocesses.
 
 DVC stays the source of truth: the stage list and its order come from DVC's own graph of
 ``dvc.yaml``, overrides go through the parser ``dvc exp run --set-param`` uses, and each
@@ -15,7 +15,9 @@ import os
 import re
 import signal
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +40,29 @@ TRANSIENT_MARKERS: tuple[str, ...] = (
     "503 Service Unavailable",
 )
 _STAGE_EXIT = re.compile(r"failed to run: .*, exited with (-?\d+)\s*$")
+_STAGE_EVENTS: tuple[tuple[re.Pattern[str], str], ...] = (
+    # what `dvc repro` / `dvc exp run` print for each stage they visit
+    (re.compile(r"^Running stage '(?P<stage>[^']+)':"), "ran"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' didn't change, skipping"), "up to date"),
+    (re.compile(r"^Stage '(?P<stage>[^']+)' is cached - skipping run"), "restored from run-cache"),
+)
+
+PARAMS_CHECK = ("onereward/config.py", "onereward.config")
+"""The project's params check: run (``python -m onereward.config FILE``) on a workspace that
+has the file, i.e. a checkout of this project; other DVC workspaces have only DVC's checks."""
+
+
+class PreflightError(ValueError):
+    """A run that must not start; the message is one line saying why."""
+
+
+def stage_event(line: str) -> tuple[str, str] | None:
+    """``(stage, status)`` when a DVC output line says what happened to a stage."""
+    for pattern, status in _STAGE_EVENTS:
+        m = pattern.match(line)
+        if m:
+            return m.group("stage"), status
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,6 +149,97 @@ def select_stages(stages: Sequence[StageInfo], target: str | None) -> list[Stage
         raise ValueError(f"unknown target stage {target!r}; dvc.yaml has: {', '.join(by_name) or 'no stages'}")
     keep = {target, *by_name[target].upstream}
     return [s for s in stages if s.name in keep]
+
+
+def _one_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "unknown error"
+
+
+def preflight(
+    workspace: Path, target: str | None, overrides: Sequence[str], experiment: bool = False
+) -> list[StageInfo]:
+    """Check a run before anything changes: the stages ``target`` selects, the overrides and
+    the params they give, and for an ``experiment`` a git workspace. Returns the selected
+    stages; raises :class:`PreflightError`.
+
+    The overrides are applied to copies of the params files in a temporary folder, so a value
+    that fails here has touched neither params nor outputs.
+    """
+    if not (workspace / "dvc.yaml").is_file():
+        raise PreflightError(f"no dvc.yaml in {workspace}: not a DVC workspace")
+    try:
+        stages = discover_stages(workspace)
+    except Exception as e:  # noqa: BLE001 - any DVC parse error, reported as its one line
+        raise PreflightError(f"dvc.yaml: {_one_line(str(e))}") from None
+    try:
+        selected = select_stages(stages, target)
+    except ValueError as e:
+        raise PreflightError(str(e)) from None
+    with tempfile.TemporaryDirectory(prefix="onereward-params-") as tmp:
+        scratch = Path(tmp)
+        if (workspace / "params.yaml").is_file():
+            shutil.copy(workspace / "params.yaml", scratch / "params.yaml")
+        from dvc.utils.cli_parse import to_path_overrides
+
+        try:
+            for rel in to_path_overrides(list(overrides)):
+                if (workspace / rel).is_file() and not (scratch / rel).exists():
+                    (scratch / rel).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(workspace / rel, scratch / rel)
+            apply_param_overrides(scratch, overrides)
+        except ValueError as e:
+            raise PreflightError(" ".join(str(e).split()).replace(str(scratch), str(workspace))) from None
+        if (workspace / PARAMS_CHECK[0]).is_file() and (scratch / "params.yaml").is_file():
+            path = os.pathsep.join(p for p in (str(workspace), os.environ.get("PYTHONPATH")) if p)
+            env = {**dvc_env(), "PYTHONPATH": path}  # stage modules hold some config classes
+            proc = subprocess.run(
+                [sys.executable, "-m", PARAMS_CHECK[1], str(scratch / "params.yaml")],
+                cwd=workspace,
+                env=env,
+                capture_output=True,
+                text=True,
+            )
+            if proc.returncode != 0:
+                message = _one_line(proc.stderr or proc.stdout).replace(str(scratch / "params.yaml"), "params.yaml")
+                raise PreflightError(message + (" (with the run's overrides)" if overrides else ""))
+    if experiment and not is_git_workspace(workspace):
+        raise PreflightError(
+            f"overrides and exp_name need a git workspace ({workspace} is not one): "
+            "DVC runs them as an experiment in a temporary clone"
+        )
+    return selected
+
+
+def experiment_ref(workspace: Path, name: str) -> str | None:
+    """The git commit of experiment ``name`` on the workspace's HEAD, if it exists."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=workspace, capture_output=True, text=True).stdout.strip()
+
+    base = git("rev-parse", "HEAD")
+    if not base:
+        return None
+    return git("rev-parse", "--verify", "--quiet", f"refs/exps/{base[:2]}/{base[2:]}/{name}") or None
+
+
+def read_at(workspace: Path, rev: str, rel: str) -> str | None:
+    """File ``rel`` as committed in ``rev`` (an experiment's results), or None."""
+    proc = subprocess.run(["git", "show", f"{rev}:{rel}"], cwd=workspace, capture_output=True, text=True)
+    return proc.stdout if proc.returncode == 0 else None
+
+
+def experiment_command(name: str, target: str | None, overrides: Sequence[str], pull: bool = False) -> list[str]:
+    """``dvc exp run --temp``: the run happens in a temporary clone, the workspace stays as it is.
+
+    The experiment commit holds what ran: ``dvc.lock`` entries of the stages that were
+    reproduced, the others as they were, the overridden params and the uncached reports.
+    """
+    args = ["exp", "run", "--temp", "--name", name]
+    for o in overrides:
+        args += ["--set-param", o]
+    if pull:
+        args.append("--pull")
+    return [*args, *([target] if target else [])]
 
 
 def is_git_workspace(workspace: Path) -> bool:
