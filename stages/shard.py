@@ -23,6 +23,8 @@ def main() -> None:
             stats = shard_dataset(Path(profile.dataset), shards, manifest, quarantine, cfg)
         except RecordError as e:  # strict mode
             sys.exit(f"shard (strict): {e}")
+        except (FileNotFoundError, UnicodeError) as e:  # no records file, or one that is not UTF-8
+            sys.exit(f"shard: {e}")
     write_json(STATS, stats)
     reasons = ", ".join(f"{k}: {v}" for k, v in stats["quarantined_by_reason"].items()) or "none"
     print(

@@ -1,13 +1,16 @@
 """Known-bad records, one maker per quarantine reason.
 
 Used by the synthesize stage to show quarantine at work on the embedded default and by the
-tests to check that each reason is detected. Every maker turns a good record (a parsed
+tests to check that each reason is detected (every reason has a maker). Every maker turns a good record (a parsed
 line of ``records.jsonl``) into a bad line, writing any broken file it needs under ``root``.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import struct
+import zlib
 from pathlib import Path
 from typing import Callable
 
@@ -23,6 +26,22 @@ def _line(rec: dict) -> str:
 
 def _with(rec: dict, bad_id: str, **changes) -> dict:
     return {**rec, "id": bad_id, **changes}
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_bytes(width: int, height: int, depth: int, colour: int, idat: bytes) -> bytes:
+    """A PNG written chunk by chunk (valid CRCs), whatever ``idat`` holds: Pillow cannot write
+    16-bit colour, a header that lies about the size, or a corrupt compressed stream."""
+    ihdr = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def bomb_png(side: int = 100_000) -> bytes:
+    """The shape of a decompression bomb: a header claiming side x side pixels, a few bytes of data."""
+    return png_bytes(side, side, 8, 2, zlib.compress(b"\x00" * 64))
 
 
 def _broken_file(root: Path, bad_id: str, name: str, data: bytes) -> str:
@@ -52,6 +71,51 @@ def _blank_mask(root: Path, rec: dict, bad_id: str) -> str:
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((mask.height, mask.width), np.uint8)).save(root / rel)
     return _line(_with(rec, bad_id, mask=rel))
+
+
+def _directory(root: Path, rec: dict, bad_id: str) -> str:
+    rel = f"images/{bad_id}/source.png"
+    (root / rel).mkdir(parents=True, exist_ok=True)
+    (root / rel / "README").write_text("a folder named like an image\n")  # non-empty: DVC keeps it
+    return _line(_with(rec, bad_id, source=rel))
+
+
+def _link_loop(root: Path, rec: dict, bad_id: str) -> str:
+    rel = f"images/{bad_id}/source.png"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    os.symlink("source.png", root / rel)  # points at itself: stat fails with ELOOP
+    return _line(_with(rec, bad_id, source=rel))
+
+
+def _saved(root: Path, bad_id: str, name: str, img: Image.Image, **save) -> str:
+    rel = f"images/{bad_id}/{name}"
+    (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    img.save(root / rel, **save)
+    return rel
+
+
+def _float_image(root: Path, rec: dict, bad_id: str) -> str:
+    size = Image.open(root / rec["source"]).size
+    img = Image.fromarray(np.full(size[::-1], 0.5, np.float32), "F")  # 32-bit float: no rule maps it to 8 bits
+    return _line(_with(rec, bad_id, source=_saved(root, bad_id, "source.tiff", img)))
+
+
+def _transparent(root: Path, rec: dict, bad_id: str) -> str:
+    img = Image.open(root / rec["candidates"][0]).convert("RGBA")
+    alpha = np.full(img.size[::-1], 255, np.uint8)
+    alpha[: img.height // 2] = 0
+    img.putalpha(Image.fromarray(alpha))
+    return _line(_with(rec, bad_id, candidates=[_saved(root, bad_id, "cand_0.png", img)] + rec["candidates"][1:]))
+
+
+def _small_ground_truth(root: Path, rec: dict, bad_id: str) -> str:
+    img = Image.open(root / rec["source"]).convert("RGB")
+    return _line(_with(rec, bad_id, ground_truth=_saved(root, bad_id, "truth.png", img.resize((img.width // 2, img.height)))))
+
+
+def _not_utf8(root: Path, rec: dict, bad_id: str) -> str:
+    # A latin-1 byte in the prompt; written with errors="surrogateescape" it is the raw byte 0xe9.
+    return _line(_with(rec, bad_id, prompt="a red cafe sign")).replace("cafe", "caf\udce9")
 
 
 def _first_dim(rec: dict) -> str:
@@ -86,7 +150,22 @@ MAKERS: dict[str, Callable[[Path, dict, str], str]] = {
         _with(rec, bad_id, candidates=[rec["candidates"][0], _resized_candidate(root, rec, bad_id)] + rec["candidates"][2:])
     ),
     "empty_mask": _blank_mask,
+    "not_a_file": _directory,
+    "unreadable_file": _link_loop,
+    "image_too_large": lambda root, rec, bad_id: _line(
+        _with(rec, bad_id, source=_broken_file(root, bad_id, "source.png", bomb_png()))
+    ),
+    "unsupported_image": _float_image,
+    "transparent_image": _transparent,
+    "ground_truth_size_mismatch": _small_ground_truth,
+    "invalid_encoding": _not_utf8,
 }
+_NEWER = ("not_a_file", "image_too_large", "unsupported_image", "transparent_image",
+          "ground_truth_size_mismatch", "invalid_encoding")
+"""Cycled after the first reasons, so a data set's first bad records keep their reasons when
+reasons are added. ``unreadable_file`` (a symbolic-link loop) is for tests only: DVC would
+not track it."""
+SHIPPED = tuple(sorted(r for r in MAKERS if r not in _NEWER and r != "unreadable_file")) + _NEWER
 
 
 def _resized_candidate(root: Path, rec: dict, bad_id: str) -> str:
@@ -106,8 +185,8 @@ def append_bad_records(root: Path, count: int) -> int:
         good = [json.loads(line) for _, line in zip(range(64), f)]
     # A labelled fill input with a prompt supports every maker.
     base = next(r for r in good if r["task"] == "fill" and r["labels"] and r["prompt"])
-    reasons = sorted(MAKERS)
-    with open(path, "a") as out:
+    reasons = SHIPPED
+    with open(path, "a", encoding="utf-8", errors="surrogateescape") as out:
         for i in range(count):
             reason = reasons[i % len(reasons)]
             out.write(MAKERS[reason](Path(root), base, f"bad-{i:04d}-{reason.replace('_', '-')}") + "\n")

@@ -2,15 +2,69 @@
 
 Shards are split by node (torch.distributed rank) and by DataLoader worker, so every
 process of a multi-GPU or multi-worker run reads a disjoint set of shards.
+
+A sample that does not decode (a shard damaged after ``shard`` checked it) is skipped, logged
+once with its key and why, and counted in :data:`SKIPPED`, which stages report in their
+metrics: on shards that ``shard`` wrote and nobody touched since, it stays at zero.
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import random
 from pathlib import Path
 from typing import Iterator
 
 import webdataset as wds
+from PIL import Image
+
+from onereward.data.records import FORMATS
+
+log = logging.getLogger(__name__)
+
+
+class SkippedSamples:
+    """Samples a reader could not decode: key -> why; a WebDataset exception handler."""
+
+    def __init__(self):
+        self.why: dict[str, str] = {}
+
+    def __call__(self, exn: Exception) -> bool:
+        key = getattr(exn, "key", None) or f"(no key: {exn})"  # a tar-level error names its shard
+        if key not in self.why:  # an input read every epoch is logged and counted once
+            self.why[key] = str(exn)
+            log.warning("skipping sample %s: %s", key, exn)
+        return True  # go on with the next sample
+
+    def __len__(self) -> int:
+        return len(self.why)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.why
+
+
+SKIPPED = SkippedSamples()
+"""This process's skips (a stage is one process): what stages put in their metrics."""
+
+
+class UndecodableSample(ValueError):
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"sample {key!r}: {message}")
+
+
+def _image(sample: dict, stem: str, mode: str) -> Image.Image:
+    name = next((k for k in sample if k.split(".")[0] == stem), None)
+    if name is None:
+        raise UndecodableSample(sample["__key__"], f"no {stem} image in the sample")
+    try:
+        with Image.open(io.BytesIO(sample[name]), formats=FORMATS) as img:
+            img.load()
+            return img.convert(mode)
+    except Exception as e:  # noqa: BLE001 -- decoders raise anything; the handler logs and skips
+        raise UndecodableSample(sample["__key__"], f"{name}: {type(e).__name__}: {e}") from None
 
 
 def shard_urls(shards_dir: str | Path, split: str) -> list[str]:
@@ -20,25 +74,37 @@ def shard_urls(shards_dir: str | Path, split: str) -> list[str]:
     return urls
 
 
-def _to_input(sample: dict) -> dict:
-    meta = sample["json"]
-    ext = lambda stem: next(k for k in sample if k.split(".")[0] == stem)  # noqa: E731
+def decode_input(sample: dict) -> dict:
+    """A raw shard sample -> the input dict; :class:`UndecodableSample` when any part fails."""
+    key = sample.get("__key__", "?")
+    try:
+        meta = json.loads(sample["json"])
+        n = int(meta["num_candidates"])
+        head = {k: meta[k] for k in ("task", "prompt", "tags", "labels")}
+    except Exception as e:  # noqa: BLE001
+        raise UndecodableSample(key, f"json: {type(e).__name__}: {e}") from None
+    has_truth = any(k.split(".")[0] == "ground_truth" for k in sample)
     return {
-        "key": sample["__key__"],
-        "task": meta["task"],
-        "prompt": meta["prompt"],
-        "tags": meta["tags"],
-        "labels": meta["labels"],
-        "source": sample[ext("source")].convert("RGB"),
-        "mask": sample[ext("mask")].convert("L"),
-        "candidates": [sample[ext(f"cand_{i}")].convert("RGB") for i in range(meta["num_candidates"])],
+        "key": key,
+        **head,
+        "source": _image(sample, "source", "RGB"),
+        "mask": _image(sample, "mask", "L"),
+        "candidates": [_image(sample, f"cand_{i}", "RGB") for i in range(n)],
+        "ground_truth": _image(sample, "ground_truth", "RGB") if has_truth else None,
+        "content": meta.get("content"),
     }
 
 
 def input_dataset(
-    shards_dir: str | Path, split: str, shuffle: bool = False, seed: int = 0, buffer: int = 256
+    shards_dir: str | Path, split: str, shuffle: bool = False, seed: int = 0, buffer: int = 256,
+    skips: SkippedSamples | None = None,
 ) -> wds.WebDataset:
-    """One dict per input: key, task, prompt, tags, labels, source, mask, candidates."""
+    """One dict per input: key, task, prompt, tags, labels, source, mask, candidates,
+    ground_truth and content (both None when the record has none; evaluation only).
+
+    Samples that do not decode are skipped and recorded in ``skips`` (default :data:`SKIPPED`).
+    """
+    skips = SKIPPED if skips is None else skips
     urls = shard_urls(shards_dir, split)
     ds = wds.WebDataset(
         urls,
@@ -48,10 +114,11 @@ def input_dataset(
         nodesplitter=wds.split_by_node,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a node or worker may legitimately get no shard of a tiny split
+        handler=skips,  # a damaged tar member: skipped like an undecodable image
     )
     if shuffle:
         ds = ds.shuffle(buffer, rng=random.Random(seed))
-    return ds.decode("pil").map(_to_input)
+    return ds.map(decode_input, handler=skips)
 
 
 def expand_pairs(inputs, both_orders: bool = True) -> Iterator[dict]:

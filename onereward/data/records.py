@@ -4,16 +4,20 @@ One JSON object per line of ``records.jsonl`` describes one input: its task, pro
 image, mask, N >= 2 candidates and, per dimension, the best and the worst candidate.
 Validation turns each line into a :class:`Record` (images read and decoded once) or raises
 :class:`RecordError` carrying a reason code from :data:`REASONS`, so that a run can quarantine
-the line and go on.
+the line and go on. Nothing a line names is read outside the dataset root, and every image
+that passes decodes in the reader to the pixels validation saw.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -38,17 +42,37 @@ REASONS: dict[str, str] = {
     "prompt_missing": "a prompt-dependent dimension (text alignment) is labelled on an input without prompt",
     "candidate_out_of_range": "best or worst is not a valid candidate index",
     "best_equals_worst": "best and worst name the same candidate",
-    "unsafe_path": "an image path is absolute or leaves the dataset root",
+    "unsafe_path": "an image path is absolute, leaves the dataset root or is a symbolic link to outside it",
     "missing_file": "an image file does not exist",
+    "not_a_file": "an image path is a directory, named pipe, device or socket, not a regular file",
+    "unreadable_file": "an image file exists but cannot be opened or read (permissions, link loop)",
     "empty_file": "an image file has zero bytes",
-    "undecodable_image": "an image file cannot be decoded (corrupt or truncated)",
+    "image_too_large": "an image's file size or header pixel count is above shard.max_image_bytes / max_image_pixels",
+    "undecodable_image": "an image file cannot be decoded (corrupt, truncated or not an accepted format)",
+    "unsupported_image": "an image's colour mode, bit depth or frame count has no conversion rule",
+    "transparent_image": "an image has pixels that are not fully opaque",
     "mask_size_mismatch": "the mask's size differs from the source image's",
     "candidate_size_mismatch": "a candidate's size differs from the source image's",
+    "ground_truth_size_mismatch": "the ground-truth image's size differs from the source image's",
     "empty_mask": "the mask marks no pixel to generate",
+    "invalid_encoding": "the line is not valid UTF-8",
 }
 
 # PIL format -> WebDataset extension that the stock "pil" decoder understands.
-_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp", "PPM": "ppm", "BMP": "bmp"}
+_EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "MPO": "jpg", "WEBP": "webp", "PPM": "ppm", "BMP": "bmp"}
+FORMATS = ("PNG", "JPEG", "WEBP", "PPM", "BMP", "GIF", "TIFF")
+"""Formats Pillow may try: no others, so no exotic plugin (EPS runs Ghostscript) sees user files."""
+_ID_HINT = re.compile(r'"id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """Checked before an image is decoded (params.yaml `shard`)."""
+
+    max_pixels: int = 64_000_000
+    """Largest width x height an image header may claim."""
+    max_bytes: int = 128_000_000
+    """Largest image file, in bytes."""
 
 
 class RecordError(ValueError):
@@ -86,9 +110,13 @@ class Record:
     source: EncodedImage
     mask: EncodedImage
     candidates: list[EncodedImage] = field(default_factory=list)
+    ground_truth: EncodedImage | None = None
+    """Evaluation only: the image the result should look like."""
+    content: dict | None = None
+    """Evaluation only: what the prompt asks for (free-form JSON object)."""
 
     def metadata(self) -> dict:
-        return {
+        meta = {
             "id": self.id,
             "task": self.task,
             "prompt": self.prompt,
@@ -96,13 +124,45 @@ class Record:
             "labels": self.labels,
             "num_candidates": len(self.candidates),
         }
+        if self.content is not None:  # absent stays absent: older samples keep their bytes
+            meta["content"] = self.content
+        return meta
+
+
+def record_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of every non-blank line of a records file.
+
+    UTF-8 with or without a byte-order mark, lines ended by LF, CRLF or CR. Bytes that are not
+    UTF-8 survive as lone surrogates, so that :func:`parse_line` rejects that line alone.
+    """
+    with open(path, "rb") as raw:
+        if raw.read(2) in (b"\xff\xfe", b"\xfe\xff"):
+            raise UnicodeError(f"{path} is UTF-16; save it as UTF-8 (docs/data-format.md)")
+        raw.seek(0)
+        text = io.TextIOWrapper(raw, encoding="utf-8-sig", errors="surrogateescape", newline=None)
+        for number, line in enumerate(text, start=1):
+            line = line.lstrip("\ufeff")  # a BOM inside the file: concatenated exports
+            if line.strip():
+                yield number, line
+
+
+def _id_hint(text: str) -> str | None:
+    """The id of a line that does not parse, when one can be seen, so the quarantine names it."""
+    m = _ID_HINT.search(text)
+    return m.group(1) if m else None
 
 
 def parse_line(text: str, line: int) -> dict:
     try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        byte = ord(text[e.start]) - 0xDC00
+        raise RecordError("invalid_encoding", f"byte 0x{byte:02x} at column {e.start + 1} is not UTF-8",
+                          _id_hint(text), line) from None
+    try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:
-        raise RecordError("invalid_json", f"{e.msg} at column {e.colno}", line=line) from None
+        raise RecordError("invalid_json", f"{e.msg} at column {e.colno}", _id_hint(text), line) from None
     if not isinstance(obj, dict):
         raise RecordError("invalid_json", f"expected an object, got {type(obj).__name__}", line=line)
     return obj
@@ -135,6 +195,8 @@ def check_structure(obj: dict, line: int, seen_ids: set[str]) -> None:
             raise RecordError("unknown_tag", f"tag {tag!r}; known: {sorted(tasks.TAGS)}", rid, line)
     _require(obj, "source", str, rid, line)
     _require(obj, "mask", str, rid, line)
+    _require(obj, "ground_truth", str, rid, line, optional=True)
+    _require(obj, "content", dict, rid, line, optional=True)
     candidates = _require(obj, "candidates", list, rid, line)
     if not all(isinstance(c, str) for c in candidates):
         raise RecordError("schema", "field 'candidates' must be a list of paths", rid, line)
@@ -160,50 +222,173 @@ def check_structure(obj: dict, line: int, seen_ids: set[str]) -> None:
             raise RecordError("best_equals_worst", f"{dim}: best and worst are both candidate {label['best']}", rid, line)
 
 
-def read_image(root: Path, rel: str, rid: str, line: int, decode: bool = False) -> tuple[EncodedImage, Image.Image]:
-    """Read one image and prove it decodes; ``decode`` also loads its pixels for the caller."""
-    path = Path(rel)
-    if path.is_absolute() or ".." in path.parts:
-        raise RecordError("unsafe_path", f"{rel!r} must be relative to the dataset root", rid, line)
-    full = root / path
-    if not full.is_file():
-        raise RecordError("missing_file", f"{rel} does not exist", rid, line)
-    data = full.read_bytes()
-    if not data:
-        raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
+def _kind(mode: int) -> str:
+    for is_kind, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a named pipe"),
+                          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                          (stat.S_ISSOCK, "a socket")):
+        if is_kind(mode):
+            return name
+    return f"not a regular file (mode {stat.filemode(mode)})"
+
+
+class DatasetRoot:
+    """Reads regular files inside one dataset root, every symbolic link resolved.
+
+    Made per record: the folders it resolves are cached for that record's images only, so a
+    folder replaced by a link between two records is seen.
+    """
+
+    def __init__(self, root: Path, limits: ImageLimits = ImageLimits()):
+        self.real = os.path.realpath(root)
+        self.limits = limits
+        self._prefix = self.real.rstrip(os.sep) + os.sep
+        self._dirs: dict[str, str] = {}
+
+    def _inside(self, path: str) -> bool:
+        return path == self.real or path.startswith(self._prefix)
+
+    def _real_dir(self, rel_dir: str) -> str:
+        if rel_dir not in self._dirs:
+            self._dirs[rel_dir] = os.path.realpath(os.path.join(self.real, rel_dir))
+        return self._dirs[rel_dir]
+
+    def read(self, rel: str, rid: str, line: int) -> bytes:
+        """The bytes of ``rel``, or :class:`RecordError` saying why not."""
+        if os.path.isabs(rel) or ".." in Path(rel).parts or "\0" in rel:
+            raise RecordError("unsafe_path", f"{rel!r} must be relative to the dataset root", rid, line)
+        folder, name = os.path.split(rel)
+        full = os.path.join(self._real_dir(folder), name)
+        if not self._inside(full):
+            raise RecordError("unsafe_path", f"{rel} is under a symbolic link to {os.path.dirname(full)}, "
+                              "outside the dataset root", rid, line)
+        try:
+            info = os.lstat(full)
+            if stat.S_ISLNK(info.st_mode):
+                full = os.path.realpath(full)
+                if not self._inside(full):
+                    raise RecordError("unsafe_path", f"{rel} is a symbolic link to {full}, outside the dataset root", rid, line)
+                try:
+                    info = os.stat(full)
+                except (FileNotFoundError, NotADirectoryError):
+                    raise RecordError("missing_file", f"{rel} is a symbolic link to a missing file", rid, line) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise RecordError("missing_file", f"{rel} does not exist", rid, line) from None
+        except OSError as e:  # permissions, a link loop
+            raise RecordError("unreadable_file", f"{rel}: {e.strerror or e}", rid, line) from None
+        if not stat.S_ISREG(info.st_mode):  # reading a pipe or a device could block or never end
+            raise RecordError("not_a_file", f"{rel} is {_kind(info.st_mode)}", rid, line)
+        limit = self.limits.max_bytes
+        if info.st_size == 0:
+            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
+        if info.st_size > limit:
+            raise RecordError("image_too_large", f"{rel} has {info.st_size} bytes, limit {limit}", rid, line)
+        try:
+            # O_NOFOLLOW and O_NONBLOCK: what was checked above cannot turn into a link or a pipe now
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise RecordError("not_a_file", f"{rel} is {_kind(mode)}", rid, line)
+                data = f.read(info.st_size + 1)  # not limit + 1: that would allocate the limit
+        except OSError as e:
+            raise RecordError("unreadable_file", f"{rel}: {e.strerror or e}", rid, line) from None
+        if not data:
+            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
+        if len(data) > limit:
+            raise RecordError("image_too_large", f"{rel} has more than {limit} bytes", rid, line)
+        return data
+
+
+_EXACT = ("1", "L", "RGB")
+"""Modes the reader's ``convert("RGB")`` / ``convert("L")`` read exactly."""
+
+
+def to_exact_mode(img: Image.Image, rel: str, rid: str, line: int) -> tuple[Image.Image, bool]:
+    """The decoded image in a mode of :data:`_EXACT` by the rule of docs/data-format.md, and
+    whether it changed; :class:`RecordError` where no rule applies."""
+    mode = img.mode
+    if mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit greyscale: keep the high byte, as Pillow does for colour
+        a = np.asarray(img)
+        if a.size and (a.min() < 0 or a.max() > 65535):
+            raise RecordError("unsupported_image", f"{rel}: 32-bit greyscale, values beyond 16 bits", rid, line)
+        return Image.fromarray((a.astype(np.uint32) >> 8).astype(np.uint8), "L"), True
+    if mode in _EXACT and "transparency" not in img.info:
+        return img, False
+    if mode in ("CMYK", "YCbCr", "RGBX"):
+        return img.convert("RGB"), True
+    if mode in ("P", "PA") or "transparency" in img.info:  # palette, or a PNG colour key
+        img = img.convert("RGBA" if mode != "L" and mode != "1" else "LA")
+    elif mode in ("La", "RGBa"):  # premultiplied alpha
+        img = img.convert(mode.upper())
+    if img.mode in ("LA", "RGBA"):
+        alpha = np.asarray(img.getchannel("A"))
+        clear = int((alpha < 255).sum())
+        if clear:  # what lies behind a transparent pixel is a guess: refuse rather than invent it
+            raise RecordError("transparent_image", f"{rel}: {clear} of {alpha.size} pixels are not fully opaque; "
+                              "flatten it onto its background", rid, line)
+        return img.convert(img.mode[:-1]), True
+    raise RecordError("unsupported_image", f"{rel}: colour mode {mode!r} has no conversion rule", rid, line)
+
+
+def read_image(files: DatasetRoot, rel: str, rid: str, line: int) -> tuple[EncodedImage, Image.Image]:
+    """Read one image, check its limits from the header, decode it fully, convert its mode.
+
+    Returns what the shard stores (the original bytes when they already decode to the
+    checked pixels, lossless PNG otherwise) and the decoded image.
+    """
+    data = files.read(rel, rid, line)
+    limits = files.limits
     try:
-        img = Image.open(io.BytesIO(data))
-        if img.format == "PNG" and not decode:
-            img.verify()  # every chunk's CRC: catches truncation and corruption, 20x cheaper than inflating
-        else:
-            img.load()  # raises on truncated data, which Image.open alone does not read
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise RecordError("undecodable_image", f"{rel}: {e}", rid, line) from None
-    ext = _EXTENSIONS.get(img.format or "")
-    if ext is None:  # store what the stock decoder cannot read as lossless PNG
+        img = Image.open(io.BytesIO(data), formats=FORMATS)  # reads the header only
+        w, h = img.size
+        if w * h > limits.max_pixels:
+            raise RecordError("image_too_large", f"{rel}: header claims {w}x{h} = {w * h} pixels, "
+                              f"limit {limits.max_pixels}", rid, line)
+        frames = getattr(img, "n_frames", 1)
+        if frames > 1 and img.format != "MPO":  # MPO: a camera JPEG with a preview frame; the first is the photo
+            raise RecordError("unsupported_image", f"{rel}: {frames} frames (animated)", rid, line)
+        img.load()  # every pixel: a corrupt compressed stream behind valid CRCs fails here, not in training
+        fmt = img.format or ""
+        img, converted = to_exact_mode(img, rel, rid, line)
+    except RecordError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise RecordError("image_too_large", f"{rel}: {e}", rid, line) from None
+    except UnidentifiedImageError:
+        raise RecordError("undecodable_image", f"{rel}: not a {', '.join(FORMATS)} image", rid, line) from None
+    except Exception as e:  # noqa: BLE001 -- decoders raise anything (OSError, ValueError, SyntaxError, struct.error, ...)
+        raise RecordError("undecodable_image", f"{rel}: {type(e).__name__}: {e}", rid, line) from None
+    ext = _EXTENSIONS.get(fmt)
+    if fmt == "PNG" and data[24:25] == b"\x10":
+        converted = True  # 16-bit samples: store the 8-bit pixels the check saw, for any decoder
+    if converted or ext is None:  # lossless PNG of the checked pixels
         buf = io.BytesIO()
         img.save(buf, format="PNG")
         data, ext = buf.getvalue(), "png"
     return EncodedImage(data, ext, img.size), img
 
 
-def validate(obj: dict, line: int, root: Path, seen_ids: set[str]) -> Record:
+def validate(obj: dict, line: int, root: Path, seen_ids: set[str], limits: ImageLimits = ImageLimits()) -> Record:
     """A :class:`Record` from one parsed line, or :class:`RecordError`."""
     check_structure(obj, line, seen_ids)
-    return load_images(obj, line, root)
+    return load_images(obj, line, root, limits)
 
 
-def load_images(obj: dict, line: int, root: Path) -> Record:
+def load_images(obj: dict, line: int, root: Path, limits: ImageLimits = ImageLimits()) -> Record:
     """Read and check the images of a record that passed :func:`check_structure`."""
     rid = obj["id"]
-    source, _ = read_image(root, obj["source"], rid, line)
-    mask, mask_img = read_image(root, obj["mask"], rid, line, decode=True)
-    candidates = [read_image(root, c, rid, line)[0] for c in obj["candidates"]]
+    files = DatasetRoot(root, limits)
+    source, _ = read_image(files, obj["source"], rid, line)
+    mask, mask_img = read_image(files, obj["mask"], rid, line)
+    candidates = [read_image(files, c, rid, line)[0] for c in obj["candidates"]]
+    truth = read_image(files, obj["ground_truth"], rid, line)[0] if obj.get("ground_truth") is not None else None
     if mask.size != source.size:
         raise RecordError("mask_size_mismatch", f"mask {mask.size} vs source {source.size}", rid, line)
     for i, cand in enumerate(candidates):
         if cand.size != source.size:
             raise RecordError("candidate_size_mismatch", f"candidate {i} {cand.size} vs source {source.size}", rid, line)
+    if truth is not None and truth.size != source.size:
+        raise RecordError("ground_truth_size_mismatch", f"ground truth {truth.size} vs source {source.size}", rid, line)
     if not (np.asarray(mask_img.convert("L")) > 127).any():
         raise RecordError("empty_mask", "no mask pixel is above 127 (white = region to generate)", rid, line)
     return Record(
@@ -215,4 +400,6 @@ def load_images(obj: dict, line: int, root: Path) -> Record:
         source=source,
         mask=mask,
         candidates=candidates,
+        ground_truth=truth,
+        content=obj.get("content"),
     )

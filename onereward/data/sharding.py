@@ -20,7 +20,9 @@ import pyarrow.parquet as pq
 import webdataset as wds
 from tqdm import tqdm
 
-from onereward.data.records import RECORDS_FILE, Record, RecordError, check_structure, load_images, parse_line
+from onereward.data.records import (
+    RECORDS_FILE, ImageLimits, Record, RecordError, check_structure, load_images, parse_line, record_lines,
+)
 
 SPLITS = ("train", "val", "test")
 
@@ -55,12 +57,23 @@ class ShardConfig:
     """Stop at the first bad record (exit non-zero) instead of quarantining it."""
     workers: int = 2
     """Processes that read and decode images; output bytes do not depend on it."""
+    max_image_pixels: int = ImageLimits.max_pixels
+    """Largest width x height an image header may claim, checked before decoding (image_too_large).
+    Pillow refuses headers above 2 x Image.MAX_IMAGE_PIXELS (179 MP) whatever this says."""
+    max_image_bytes: int = ImageLimits.max_bytes
+    """Largest image file in bytes, checked before reading it (image_too_large)."""
 
     def __post_init__(self):
         if set(self.split) != set(SPLITS):
             raise ValueError(f"shard.split must name exactly {SPLITS}, got {sorted(self.split)}")
         if abs(sum(self.split.values()) - 1.0) > 1e-6 or min(self.split.values()) < 0:
             raise ValueError(f"shard.split fractions must be >= 0 and sum to 1, got {self.split}")
+        if self.max_image_pixels < 1 or self.max_image_bytes < 1:
+            raise ValueError("shard.max_image_pixels and shard.max_image_bytes must be positive")
+
+    @property
+    def limits(self) -> ImageLimits:
+        return ImageLimits(max_pixels=self.max_image_pixels, max_bytes=self.max_image_bytes)
 
 
 def split_of(record_id: str, cfg: ShardConfig) -> str:
@@ -84,6 +97,8 @@ def to_sample(record: Record) -> dict:
     }
     for i, cand in enumerate(record.candidates):
         sample[f"cand_{i}.{cand.extension}"] = cand.data
+    if record.ground_truth is not None:
+        sample[f"ground_truth.{record.ground_truth.extension}"] = record.ground_truth.data
     return sample
 
 
@@ -144,15 +159,15 @@ WINDOW = 256
 
 
 def _load(args) -> Record | RecordError:
-    obj, line, root = args
+    obj, line, root, limits = args
     try:
-        return load_images(obj, line, root)
+        return load_images(obj, line, root, limits)
     except RecordError as e:
         return e
 
 
-def _checked(lines, root: Path, pool) -> Iterator[Record | RecordError]:
-    """Every non-blank line as a Record or a RecordError, in line order.
+def _checked(lines, root: Path, pool, limits: ImageLimits) -> Iterator[Record | RecordError]:
+    """Every (line number, non-blank line) as a Record or a RecordError, in line order.
 
     Structure checks run here, in order, since duplicate ids depend on what came before;
     the costly image reads and decodes run in the pool, one window ahead of the writer.
@@ -169,13 +184,11 @@ def _checked(lines, root: Path, pool) -> Iterator[Record | RecordError]:
             yield item if isinstance(item, RecordError) else next(loaded)
 
     pending, batch = None, []
-    for line_no, text in enumerate(lines, start=1):
-        if not text.strip():
-            continue
+    for line_no, text in lines:
         try:
             obj = parse_line(text, line_no)
             check_structure(obj, line_no, seen_ids)
-            batch.append((obj, line_no, root))
+            batch.append((obj, line_no, root, limits))
         except RecordError as e:
             batch.append(e)
         if len(batch) >= WINDOW:
@@ -201,8 +214,9 @@ def shard_dataset(root: Path, shards_dir: Path, manifest_path: Path, quarantine_
     manifest = _Manifest(Path(manifest_path))
     pool = multiprocessing.get_context("fork").Pool(cfg.workers) if cfg.workers > 1 else None
     try:
-        with open(records_file, encoding="utf-8", errors="replace") as lines, open(quarantine_path, "w") as bad:
-            for item in tqdm(_checked(lines, Path(root), pool), desc="shard", unit="rec"):
+        with open(quarantine_path, "w", encoding="utf-8") as bad:
+            checked = _checked(record_lines(records_file), Path(root), pool, cfg.limits)
+            for item in tqdm(checked, desc="shard", unit="rec"):
                 counts["records_in"] += 1
                 if isinstance(item, RecordError):
                     if cfg.strict:
