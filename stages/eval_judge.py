@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from onereward.data.reader import input_dataset
+from onereward.data.reader import SKIPPED, input_dataset
 from onereward.io import atomic_path, write_json
 from onereward.judge.data import read_query_table
 from onereward.judge.metrics import pair_results, summarize, table1_markdown
@@ -38,7 +38,7 @@ def main() -> None:
     summary = summarize(pair_results(rows, p))
     with atomic_path(TABLE) as tmp:
         tmp.write_text(table1_markdown(summary))
-    write_json(METRICS, summary)
+    write_json(METRICS, {**summary, "skipped_samples": len(SKIPPED)})  # inputs the reader could not decode
     print(f"eval_judge: mean accuracy {summary['mean_accuracy']} over {summary['pairs']} {cfg.split} pairs, "
           f"order consistency {summary['order_consistency']}")
 

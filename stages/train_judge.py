@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from onereward.data.reader import input_dataset
+from onereward.data.reader import SKIPPED, input_dataset
 from onereward.io import atomic_path
 from onereward.judge.data import read_query_table
 from onereward.judge.model import Judge, JudgeMeta
@@ -45,6 +45,7 @@ def main() -> None:
             live.step = step
             for k, v in metrics.items():
                 live.log_metric(k, v)
+            live.log_metric("skipped_samples", len(SKIPPED))  # inputs the reader could not decode
             live.next_step()
 
         history = train(judge, cfg, inputs, train_rows, val_rows, ckpt_dir=CKPT, log=log)
@@ -55,7 +56,7 @@ def main() -> None:
     clear_checkpoints(CKPT)
     CKPT.mkdir(parents=True)
     last = history[-1] if history else {}
-    print(f"train_judge: {cfg.finetune} fine-tuning, {cfg.steps} steps, last {last}")
+    print(f"train_judge: {cfg.finetune} fine-tuning, {cfg.steps} steps, last {last}, skipped samples {len(SKIPPED)}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def pair_results(rows: list[dict], p_yes: list[float]) -> list[dict]:
     by_pair: dict[tuple[str, str], dict[int, float]] = defaultdict(dict)
     meta = {}
     for r, p in zip(rows, p_yes):
+        if p is None:  # an input the reader skipped (counted as skipped_samples)
+            continue
         by_pair[(r["key"], r["dimension"])][r["order"]] = float(p)
         meta[(r["key"], r["dimension"])] = r["task"]
     out = []

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from onereward import train_state
+from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, dumps_json
 from onereward.judge.data import Example, batched, examples, shuffled, stack
 from onereward.judge.metrics import pair_results, summarize
@@ -156,8 +157,10 @@ def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig) -
 
 
 @torch.no_grad()
-def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_size: int, desc: str = "score") -> list[float]:
-    """P(Yes) for every row (aligned with ``rows``), reading each input's images once."""
+def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_size: int,
+               desc: str = "score") -> list[float | None]:
+    """P(Yes) for every row (aligned with ``rows``), reading each input's images once; None for
+    the rows of an input the reader skipped (it could not decode it, see ``reader.SKIPPED``)."""
     index = {(r["key"], r["dimension"], r["order"]): i for i, r in enumerate(rows)}
     out: list[float | None] = [None] * len(rows)
     was_training = judge.model.training
@@ -169,7 +172,7 @@ def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_siz
                 out[index[(e.key, e.dimension, e.order)]] = p
             bar.update(len(batch))
     judge.model.train(was_training)
-    missing = [rows[i]["key"] for i, p in enumerate(out) if p is None]
+    missing = [rows[i]["key"] for i, p in enumerate(out) if p is None and rows[i]["key"] not in SKIPPED]
     if missing:
         raise ValueError(f"{len(missing)} query rows have no images in the shards, e.g. {missing[:3]}")
     return out
