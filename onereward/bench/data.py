@@ -34,7 +34,8 @@ def _plain_tar(root: Path, out: Path) -> None:
     with tarfile.open(out, "w") as tar:
         for line in open(root / RECORDS_FILE):
             rec = json.loads(line)
-            for rel in [rec["source"], rec["mask"], *rec["candidates"]]:
+            truth = [rec["ground_truth"]] if rec.get("ground_truth") else []  # shard stores it too
+            for rel in [rec["source"], rec["mask"], *rec["candidates"], *truth]:
                 tar.add(root / rel, arcname=f"{rec['id']}.{Path(rel).name}")
 
 
