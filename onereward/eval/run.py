@@ -78,7 +78,12 @@ def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths()):
             outs = {m: outputs[m][it.key] for m in outputs}
             scores.append(score_input(judge, it.key, it.task, it.prompt, it.settings, outs, it.candidates,
                                       cfg.judge_batch_size))
-    return items, outputs, scores, aggregate(scores, cfg.gsb_margin, cfg.usable_share)
+    metrics = aggregate(scores, cfg.gsb_margin, cfg.usable_share)
+    from onereward.data.reader import SKIPPED
+
+    for entry in metrics.values():  # inputs the reader could not decode; one count for the split, in every setting
+        entry["skipped_samples"] = len(SKIPPED)
+    return items, outputs, scores, metrics
 
 
 def _scores_json(scores: list[InputScores], margin: float) -> list[dict]:

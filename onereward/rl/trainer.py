@@ -18,6 +18,7 @@ from accelerate.utils import DistributedType
 from tqdm import tqdm
 
 from onereward.config import Profile
+from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, dumps_json
 from onereward.policy.adapter import DTYPES, FillPolicy
 from onereward.rl import checkpoint as ckpt_mod
@@ -307,6 +308,7 @@ def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_
             "steps": cfg.steps,
             "val_reward_start": round(val_rows[0]["reward"], 6) if val_rows else None,
             "val_reward_end": round(val_rows[-1]["reward"], 6) if val_rows else None,
+            "skipped_samples": len(SKIPPED),  # conditions the reader could not decode
         }
         (tmp / "train_policy.json").write_text(dumps_json({"config": cfg.to_dict(), "metrics": metrics, **run}))
     _write_curve(val_rows, paths.reports / "val_reward.csv")
