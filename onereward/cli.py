@@ -5,7 +5,9 @@
     onereward judge ...            (delegates to ``python -m onereward.judge.cli`` when present)
 
 ``fill`` uses the official OneReward inference defaults (true CFG 4.0 with negative prompt
-"nsfw", both passes batched; guidance 1.0; 50 steps; seed 0; output size = input size).
+"nsfw", both passes batched; guidance 1.0; 50 steps; seed 0 on a CPU generator, also on GPU;
+512 T5 tokens per prompt; output size = input size): for the same inputs and seed it gives
+the official pipeline's image, and at true CFG 1 stock FluxFillPipeline's.
 Bad inputs end with one line on stderr and exit status 2; see :mod:`onereward.fill` for the
 rules and the automatic padding of sizes that are not a multiple of 16.
 """
@@ -17,7 +19,15 @@ import importlib
 import sys
 from pathlib import Path
 
-from onereward.fill import FillInputError, known_tasks, prepare_inputs, read_image, resolve_model, resolve_prompt
+from onereward.fill import (
+    MAX_SEQUENCE_LENGTH,
+    FillInputError,
+    known_tasks,
+    prepare_inputs,
+    read_image,
+    resolve_model,
+    resolve_prompt,
+)
 
 DEFAULT_MODEL = "data/export"
 EXIT_INPUT, EXIT_FAILED = 2, 1
@@ -42,6 +52,8 @@ def _fill_parser(sub) -> None:
     p.add_argument("--true-cfg", type=float, default=4.0, help="true CFG scale; 1 disables the negative pass (default: 4.0)")
     p.add_argument("--guidance", type=float, default=1.0, help="FLUX guidance-embedding value (default: 1.0)")
     p.add_argument("--negative-prompt", default="nsfw", help='negative prompt of true CFG (default: "nsfw")')
+    p.add_argument("--max-sequence-length", type=int, default=MAX_SEQUENCE_LENGTH,
+                   help=f"T5 tokens per prompt, as the pipeline's max_sequence_length (default: {MAX_SEQUENCE_LENGTH})")
     p.add_argument("--binarize", action="store_true", help="threshold a soft mask at 128 instead of rejecting it")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
@@ -71,6 +83,10 @@ def run_fill(args: argparse.Namespace) -> int:
     out = _check_output(args.output)
     if args.steps < 1:
         raise FillInputError(f"--steps must be >= 1, got {args.steps}")
+    if args.true_cfg < 1:  # the official pipeline switches CFG off at <= 1; below 1 would be a silent no-op
+        raise FillInputError(f"--true-cfg must be >= 1 (1 disables the negative pass), got {args.true_cfg}")
+    if not 1 <= args.max_sequence_length <= MAX_SEQUENCE_LENGTH:
+        raise FillInputError(f"--max-sequence-length must be in 1..{MAX_SEQUENCE_LENGTH}, got {args.max_sequence_length}")
     if args.model == DEFAULT_MODEL and not Path(DEFAULT_MODEL).exists():
         raise FillInputError(f"{DEFAULT_MODEL} not found: run `dvc repro export` or pass --model")
     resolve_model(args.model, args.transformer)  # a wrong path fails here, before any loading
@@ -92,7 +108,7 @@ def run_fill(args: argparse.Namespace) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = args.dtype or ("bfloat16" if device.startswith("cuda") else "float32")
     try:
-        policy = load_policy(args.model, args.transformer, args.lora, device, dtype)
+        policy = load_policy(args.model, args.transformer, args.lora, device, dtype, args.max_sequence_length)
     except FillInputError:
         raise
     except (OSError, ValueError) as e:  # missing or malformed model files

@@ -30,6 +30,8 @@ if TYPE_CHECKING:  # heavy imports stay lazy
     from onereward.policy.inference import InferenceConfig
 
 SIZE_MULTIPLE = 16
+MAX_SEQUENCE_LENGTH = 512
+"""T5 tokens per prompt: FluxFillPipeline's and the official OneReward pipeline's default."""
 EXPORT_META = "export.json"
 """Written by the export stage; names the base pipeline of a transformer-only export."""
 
@@ -135,8 +137,15 @@ def resolve_model(model: str, transformer: str | None = None) -> tuple[str, str 
 
 
 def load_policy(model: str, transformer: str | None = None, lora: str | None = None,
-                device: str = "cpu", dtype: str = "float32") -> "FillPolicy":
-    """FillPolicy over a stock FluxFillPipeline, optionally with a replaced transformer and a LoRA."""
+                device: str = "cpu", dtype: str = "float32",
+                max_sequence_length: int | None = None) -> "FillPolicy":
+    """FillPolicy over a stock FluxFillPipeline, optionally with a replaced transformer and a LoRA.
+
+    ``max_sequence_length``: T5 tokens per prompt. FLUX attends to the padding tokens too, so
+    the length changes the image: the command passes the pipeline's own 512; None keeps
+    FillPolicy's default (the tokenizer's length: 512 for FLUX.1-Fill-dev, 48 for the tiny
+    model, the length it was trained and evaluated with).
+    """
     import torch
     from diffusers import FluxFillPipeline, FluxTransformer2DModel
 
@@ -163,21 +172,30 @@ def load_policy(model: str, transformer: str | None = None, lora: str | None = N
     pipe.to(device)
     for m in (pipe.transformer, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
         m.requires_grad_(False).eval()
-    return FillPolicy(pipe)
+    return FillPolicy(pipe, max_sequence_length=max_sequence_length)
 
 
 def fill(policy: "FillPolicy", inputs: FillInputs, prompt: str, cfg: "InferenceConfig") -> Image.Image:
-    """Generate with true CFG (``onereward.policy.inference.generate``) and crop to the input size."""
+    """Generate with true CFG (``onereward.policy.inference.generate``) and crop to the input size.
+
+    The last step is the pipeline's own (``image_processor.postprocess``), so the bytes match a
+    stock or official pipeline call also in bfloat16 (it denormalises in the VAE's dtype).
+    """
     import torch
+    from diffusers.image_processor import VaeImageProcessor as vip
 
     from onereward.policy.inference import generate
 
-    image = torch.from_numpy(inputs.image.copy()).permute(2, 0, 1)[None].float() / 255.0
-    mask = torch.from_numpy(inputs.mask.copy())[None, None].float()
-    out = generate(policy, image, mask, [prompt], None, cfg)[0]
+    # Converted as the pipeline converts PIL inputs: same values and the same (channels-last)
+    # memory layout, which the VAE's convolutions are sensitive to in the last bits.
+    image = vip.numpy_to_pt(vip.pil_to_numpy(Image.fromarray(inputs.image)))
+    mask = vip.numpy_to_pt(inputs.mask[None].astype(np.float32))
+    latents = generate(policy, image, mask, [prompt], None, cfg, decode=False)
+    ph, pw = inputs.image.shape[:2]
+    with torch.no_grad():
+        out = policy.pipe.image_processor.postprocess(policy.decode_raw(latents, ph, pw), output_type="pil")[0]
     h, w = inputs.size
-    arr = (out[:, :h, :w].permute(1, 2, 0).cpu().numpy() * 255.0).round().clip(0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+    return out.crop((0, 0, w, h))
 
 
 def known_tasks() -> list[str]:

@@ -72,6 +72,9 @@ class FillPolicy:
         self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         # Own scheduler instance: its step index is state, and reference/policy rollouts interleave.
         self.scheduler = copy.deepcopy(pipe.scheduler)
+        # prepare_latents mixes image and noise at t = 1000 with ``pipe.scheduler``; one left
+        # mid-schedule by an earlier stock call would use its stale step's sigma instead of 1.
+        self._unstepped = type(pipe.scheduler).from_config(pipe.scheduler.config)
 
     # ---- loading -------------------------------------------------------------------------
     @classmethod
@@ -167,10 +170,14 @@ class FillPolicy:
         init = self._preprocess(images)
         batch, (height, width) = init.shape[0], init.shape[-2:]
         sigma_one = torch.full((batch,), 1000.0, device=self.device)  # strength 1: start from pure noise
-        latents, _ = self.pipe.prepare_latents(
-            init, sigma_one, batch, self.vae.config.latent_channels, height, width,
-            embeds.dtype, self.device, generator, noise,
-        )
+        stepped, self.pipe.scheduler = self.pipe.scheduler, self._unstepped
+        try:
+            latents, _ = self.pipe.prepare_latents(
+                init, sigma_one, batch, self.vae.config.latent_channels, height, width,
+                embeds.dtype, self.device, generator, noise,
+            )
+        finally:
+            self.pipe.scheduler = stepped
         return self._mask_condition(init, masks, embeds, pooled, text_ids, generator), latents
 
     def timesteps(self, num_steps: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -228,13 +235,16 @@ class FillPolicy:
         v = self.velocity(latents, ts[step], cond, **vel_kw)
         return latents - sigmas[step].to(latents.dtype) * v
 
-    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
-        """Packed latents -> images in [0, 1] (differentiable; the pipeline's unpack + VAE decode)."""
+    def decode_raw(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed latents -> the VAE's output in [-1, 1], in the VAE's dtype (the pipeline's unpack + decode)."""
         vae = self.pipe.vae
         lat = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)
         lat = lat / vae.config.scaling_factor + vae.config.shift_factor
-        image = vae.decode(lat.to(vae.dtype), return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
+        return vae.decode(lat.to(vae.dtype), return_dict=False)[0]
+
+    def decode(self, latents: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """Packed latents -> images in [0, 1] (differentiable)."""
+        return (self.decode_raw(latents, height, width).float() / 2 + 0.5).clamp(0, 1)
 
     @torch.no_grad()
     def sample(self, cond: Condition, noise: torch.Tensor, num_steps: int, **vel_kw) -> torch.Tensor:

@@ -28,7 +28,7 @@ class InferenceConfig:
     num_inference_steps: int = 50
     """Euler steps of the flow-matching schedule."""
     seed: int = 0
-    """Seed of the torch.Generator that draws all noise."""
+    """Seed of the CPU torch.Generator that draws all noise (on any device)."""
 
 
 def task_prompts(tasks: list[str] | str | None, prompts: list[str | None]) -> list[str]:
@@ -58,11 +58,14 @@ def generate(
     initial noise; ``decode=False`` returns the final packed latents instead of images. ``seeds``
     (one per image) replace ``cfg.seed`` with a generator per image: each image's noise then
     does not depend on the batch it is made in.
+
+    Noise is drawn from CPU generators whatever the device, as the official demo does
+    (``torch.Generator("cpu")``): a seed gives the same noise on CPU and GPU.
     """
     if seeds is None:
-        gen = torch.Generator(device=policy.device).manual_seed(cfg.seed)
+        gen = torch.Generator(device="cpu").manual_seed(cfg.seed)
     else:
-        gen = [torch.Generator(device=policy.device).manual_seed(int(s)) for s in seeds]
+        gen = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
     texts = task_prompts(tasks, list(prompts))
     cond, noise = policy.prepare(images.to(policy.device), masks.to(policy.device), texts, gen, latents)
     neg = None
