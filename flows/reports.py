@@ -38,6 +38,12 @@ def table1_rows(accuracy: Mapping[str, Any]) -> list[Row]:
     return rows
 
 
+def _headline_gsb(setting: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    """The rater's Good/Same/Bad when the evaluation has a rater, else the judge's."""
+    rater = setting.get("rater")
+    return (rater["gsb"], "rater") if rater else (setting.get("gsb", {}), "judge")
+
+
 def figure7_rows(metrics: Mapping[str, Any]) -> list[Row]:
     """Figure 7 from ``reports/eval_metrics.json``: Good / Same / Bad (%) of tuned vs base per setting."""
     rows = []
@@ -45,10 +51,11 @@ def figure7_rows(metrics: Mapping[str, Any]) -> list[Row]:
         if name not in metrics:
             continue
         m = metrics[name]
-        gsb = m.get("gsb", {})
+        gsb, scorer = _headline_gsb(m)
         rows.append(
             {
                 "setting": setting.title,
+                "scored by": scorer,
                 "n": m.get("n"),
                 "good %": _pct(gsb.get("good")),
                 "same %": _pct(gsb.get("same")),
@@ -60,15 +67,18 @@ def figure7_rows(metrics: Mapping[str, Any]) -> list[Row]:
 
 
 def table2_rows(metrics: Mapping[str, Any]) -> list[Row]:
-    """Table 2 from ``reports/eval_metrics.json``: per setting and model, usability and win rate (%) per dimension."""
+    """Table 2 from ``reports/eval_metrics.json``: per setting and model, usability (the rater's when
+    there is one) and the judge's win rate (%) per dimension."""
     rows = []
     for name, setting in EVAL_SETTINGS.items():
         if name not in metrics:
             continue
         dims = TASKS[setting.task].dimensions
+        rater = metrics[name].get("rater") or {}
         for model in ("base", "tuned"):
             m = metrics[name].get(model, {})
-            row: Row = {"setting": setting.title, "model": model, "usability %": _pct(m.get("usability"))}
+            usability = rater["usability"].get(model) if "usability" in rater else m.get("usability")
+            row: Row = {"setting": setting.title, "model": model, "usability %": _pct(usability)}
             for dim, spec in DIMENSIONS.items():
                 row[spec.title] = _pct(m.get("win_rate", {}).get(dim)) if dim in dims else MISSING
             rows.append(row)

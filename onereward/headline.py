@@ -29,6 +29,15 @@ def _weighted(settings: Mapping[str, Any], pick) -> float | None:
     return round(sum(n * v for n, v in pairs) / total, 2) if total else None
 
 
+def _gsb(setting: Mapping[str, Any]) -> Mapping[str, Any]:
+    return (setting.get("rater") or setting).get("gsb", {})
+
+
+def _usable_tuned(setting: Mapping[str, Any]) -> Any:
+    rater = setting.get("rater") or {}
+    return rater["usability"].get("tuned") if "usability" in rater else setting.get("tuned", {}).get("usability")
+
+
 def headline(reports: Mapping[str, Any]) -> dict[str, Any]:
     """Flat, short-named numbers from the reports that exist (``reports[group]``: its JSON)."""
     out: dict[str, Any] = {}
@@ -42,10 +51,10 @@ def headline(reports: Mapping[str, Any]) -> dict[str, Any]:
         out["order_cons"] = judge.get("order_consistency")  # both orders name the same winner (%)
     if rl := reports.get("rl"):
         out["val_reward"] = rl.get("val_reward_end")  # judge reward on validation inputs, last step
-    if ev := reports.get("eval"):  # Figure 7 / Table 2 over all settings, weighted by inputs
-        out["gsb_good"] = _weighted(ev, lambda s: s.get("gsb", {}).get("good"))
-        out["gsb_bad"] = _weighted(ev, lambda s: s.get("gsb", {}).get("bad"))
-        out["usable"] = _weighted(ev, lambda s: s.get("tuned", {}).get("usability"))
+    if ev := reports.get("eval"):  # Figure 7 / Table 2 over all settings, weighted by inputs; the rater's if any
+        out["gsb_good"] = _weighted(ev, lambda s: _gsb(s).get("good"))
+        out["gsb_bad"] = _weighted(ev, lambda s: _gsb(s).get("bad"))
+        out["usable"] = _weighted(ev, _usable_tuned)
     return out
 
 

@@ -172,12 +172,16 @@ def test_report_tables_are_the_papers_tables() -> None:
                "base": {"usability": 25.0, "win_rate": {"removal_quality": 50.0}},
                "tuned": {"usability": 75.0, "win_rate": {"removal_quality": 75.0}}}
     assert figure7_rows({"removal": setting}) == [
-        {"setting": "object removal", "n": 4, "good %": 50.0, "same %": 25.0, "bad %": 25.0,
+        {"setting": "object removal", "scored by": "judge", "n": 4, "good %": 50.0, "same %": 25.0, "bad %": 25.0,
          "mean preference for tuned": 0.57}
     ]
     base, tuned = table2_rows({"removal": setting})
     assert (base["model"], base["usability %"], base["removal quality"], base["structure"]) == ("base", 25.0, 50.0, "-")
     assert (tuned["model"], tuned["usability %"]) == ("tuned", 75.0)
+    rated = {**setting, "rater": {"gsb": {"good": 75.0, "same": 0.0, "bad": 25.0}, "usability": {"base": 0.0, "tuned": 50.0}}}
+    assert figure7_rows({"removal": rated})[0]["scored by"] == "rater"
+    assert figure7_rows({"removal": rated})[0]["good %"] == 75.0  # the rater's, as the report's Figure 7
+    assert [r["usability %"] for r in table2_rows({"removal": rated})] == [0.0, 50.0]
 
     stats = {"inputs_per_split": {"train": 3}, "pairs_per_split": {"train": 7},
              "pairs": {"train": {"fill": {"structure": 2, "aesthetics": 3}, "removal": {"removal_quality": 2}}}}
