@@ -15,7 +15,7 @@ def test_headline_picks_named_numbers_from_each_report() -> None:
     })
     assert numbers == {
         "records": 28, "quarantined": 4, "judge_acc": 77.9, "order_cons": 94.9, "val_reward": 0.65,
-        "gsb_good": 37.5,  # (4 * 100 + 12 * 50) / 16: inputs-weighted, the rater's where there is one
+        "gsb_good": 62.5,  # (4 * 100 + 12 * 50) / 16: inputs-weighted, the rater's where there is one
         "gsb_bad": 18.75, "usable": 18.75,
     }
     assert headline({}) == {}  # reports that do not exist yet add nothing
