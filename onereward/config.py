@@ -45,6 +45,7 @@ SECTIONS: dict[str, str] = {
     "export": "onereward.export:ExportConfig",
     "evaluate": "onereward.eval.config:EvaluateConfig",
     "numerics": "onereward.numerics:NumericsConfig",
+    "generation": "onereward.policy.known:GenerationConfig",
 }
 """What :func:`check_params` validates; a section with ``per_profile`` is checked as the
 active profile sees it."""

@@ -6,13 +6,15 @@ A rerun after a crash resumes from the last checkpoint of the same settings by i
 """
 
 from onereward.config import active_profile, load_params, section
+from onereward.policy.known import GenerationConfig
 from onereward.rl.config import TrainPolicyConfig
 from onereward.rl.trainer import Paths, train
 
 
 def main() -> None:
     params = load_params()
-    metrics = train(section(TrainPolicyConfig, "train_policy", params), active_profile(params), Paths())
+    metrics = train(section(TrainPolicyConfig, "train_policy", params), active_profile(params), Paths(),
+                    generation=section(GenerationConfig, "generation", params))
     if metrics:
         print(f"train_policy: {metrics}")
 

@@ -106,3 +106,63 @@ def test_same_seed_per_input_whatever_the_order(shards, tmp_path):
         assert np.array_equal(np.asarray(forward[it.key]), np.asarray(backward[it.key]))
     other = generate_outputs(policy, items[:1], EvaluateConfig(num_inference_steps=1, seed=1), "c")
     assert not np.array_equal(np.asarray(other[items[0].key]), np.asarray(forward[items[0].key]))
+
+
+def test_outputs_keep_the_known_pixels_by_the_generation_rule(shards, tmp_path):
+    from onereward.eval.run import generate_outputs
+    from onereward.fill import load_policy
+    from onereward.policy.known import GenerationConfig
+    from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+
+    save_pipeline(build_tiny_pipeline(seed=0), tmp_path / "tiny")
+    policy = load_policy(str(tmp_path / "tiny"))
+    items, _ = select(str(shards), "test", 1)
+    cfg = EvaluateConfig(num_inference_steps=1)
+    pasted = generate_outputs(policy, items, cfg, "a", GenerationConfig(paste_known=True))
+    raw = generate_outputs(policy, items, cfg, "b", GenerationConfig(paste_known=False))
+    for it in items:
+        known = np.asarray(it.mask.convert("L")) <= 127
+        src = np.asarray(it.source.convert("RGB"))
+        assert (np.asarray(pasted[it.key])[known] == src[known]).all()
+        assert (np.asarray(raw[it.key])[known] != src[known]).any()
+        region = ~known
+        assert np.array_equal(np.asarray(pasted[it.key])[region], np.asarray(raw[it.key])[region])
+
+
+def _rated(key, settings, base, tuned, cands=(0.1, 0.5, 0.9)):
+    from onereward.eval.rated import RatedInput
+
+    return RatedInput(key, "fill", settings, ["consistency"], {"base": {"consistency": base}, "tuned": {"consistency": tuned}},
+                      {m: {"masked_psnr": 20.0, "masked_ssim": 0.5} for m in ("base", "tuned")},
+                      {"consistency": list(cands)})
+
+
+def test_rater_gsb_intervals_usability_and_agreement():
+    from onereward.eval.rated import aggregate_rated
+
+    rated = [_rated("a", ["fill"], 0.4, 0.6), _rated("b", ["fill"], 0.5, 0.51), _rated("c", ["fill"], 0.6, 0.3),
+             _rated("d", ["fill"], 0.2, 0.8)]
+    judged = [InputScores(k, "fill", ["fill"], ["consistency"], {"consistency": p}, {}) for k, p in
+              (("a", 0.7), ("b", 0.9), ("c", 0.6), ("d", 0.8))]
+    m = aggregate_rated(rated, judged, margin=0.02, usable_share=0.5)["fill"]
+    assert m["n"] == 4 and m["gsb"] == {"good": 50.0, "same": 25.0, "bad": 25.0}
+    for o, (lo, hi) in m["gsb_ci"].items():
+        assert lo <= m["gsb"][o] <= hi and hi - lo > 20  # four inputs: wide intervals
+    mean, lo, hi = m["good_minus_bad"]
+    assert mean == 25.0 and lo < 0 < hi  # not a significant gain
+    diff = m["score"]["consistency"]["diff"]
+    assert diff[0] == pytest.approx((0.2 + 0.01 - 0.3 + 0.6) / 4, abs=1e-4) and diff[1] < diff[0] < diff[2]
+    assert m["usability"] == {"base": 50.0, "tuned": 75.0}  # usable: at least half of (0.1, 0.5, 0.9) rated no better
+    # judge prefers tuned everywhere: agrees on a and d, disagrees on c; b is within the rater margin
+    assert m["agreement"]["pairs"] == 3 and m["agreement"]["agree"] == pytest.approx(66.67)
+
+
+def test_wilson_interval():
+    from onereward.eval.stats import mean_ci, wilson
+
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and 0.25 < hi < 0.35
+    lo, hi = wilson(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
+    m, lo, hi = mean_ci([1.0, 1.0, 1.0])
+    assert m == lo == hi == 1.0

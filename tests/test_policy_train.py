@@ -45,10 +45,10 @@ train(from_dict(TrainPolicyConfig, spec["cfg"]), Profile(**spec["profile"]),
 def world(tmp_path_factory):
     """Shards, a tiny policy base and a tiny judge; returns (cfg, profile)."""
     root = tmp_path_factory.mktemp("rl")
-    synthesize(root / "raw", SynthesizeConfig(num_inputs=32, workers=1))
+    save_pipeline(build_tiny_pipeline(seed=0), root / "policy_base")
+    synthesize(root / "raw", SynthesizeConfig(num_inputs=32, workers=1), str(root / "policy_base"))
     shard_dataset(root / "raw", root / "shards", root / "manifest.parquet", root / "quarantine.jsonl",
                   ShardConfig(split={"train": 0.7, "val": 0.3, "test": 0.0}, workers=1))
-    save_pipeline(build_tiny_pipeline(seed=0), root / "policy_base")
     save_tiny_judge(TinyJudgeConfig(), root / "judge")
     JudgeMeta(resolution=28).write(root / "judge")  # one vision token per image: fast
     profile = Profile(name="tiny", dataset=str(root / "raw"), judge_model=str(root / "judge"),
@@ -152,3 +152,14 @@ def test_ddp_two_cpu_processes(world, tmp_path):
     summary = json.loads((tmp_path / "out" / "train_policy.json").read_text())
     assert summary["world_size"] == 2
     assert summary["weights_in_sync"], "DDP replicas diverged"
+
+
+def test_reward_hacking_is_flagged_when_reward_rises_and_the_rater_falls():
+    from onereward.rl.trainer import hacking_signs
+
+    first = {"reward": 0.5, "fill": 0.5, "removal": 0.5, "rater": 0.6, "rater_fill": 0.6, "rater_removal": 0.6}
+    honest = {"reward": 0.6, "fill": 0.6, "removal": 0.6, "rater": 0.65, "rater_fill": 0.65, "rater_removal": 0.65}
+    hacked = {"reward": 0.6, "fill": 0.7, "removal": 0.5, "rater": 0.55, "rater_fill": 0.5, "rater_removal": 0.6,
+              "rater_fill_consistency": 0.4}
+    assert hacking_signs(first, honest) == []
+    assert hacking_signs(first, hacked) == ["all", "fill"]

@@ -118,11 +118,12 @@ def test_reader_splits_shards_across_workers(sharded, monkeypatch):
     assert sorted(per_worker[0] + per_worker[1]) == single
 
 
-def test_synthesize_output_does_not_depend_on_workers(tmp_path):
+def test_synthesize_output_does_not_depend_on_workers(tmp_path, tiny_generator):
     from onereward.data.synthetic import SynthesizeConfig, synthesize
 
     for workers, name in ((1, "one"), (2, "two")):
-        synthesize(tmp_path / name, SynthesizeConfig(num_inputs=12, workers=workers, bad_records=2))
+        synthesize(tmp_path / name, SynthesizeConfig(num_inputs=12, workers=workers, bad_records=2, batch_size=8),
+                   tiny_generator)
     one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
     two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
     assert one == two and Path(RECORDS_FILE) in one

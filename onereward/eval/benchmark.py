@@ -26,6 +26,10 @@ class Item:
     candidates: list[Image.Image]
     settings: list[str] = field(default_factory=list)
     """Evaluation settings this input is reported under (fill and fill_text overlap)."""
+    ground_truth: Image.Image | None = None
+    """What the result should look like (the rater's reference); None when the data has none."""
+    content: dict | None = None
+    """The prompted content and its ground-truth box, for the rater's text alignment."""
 
     def image_tensor(self) -> torch.Tensor:
         """``[1, 3, H, W]`` in [0, 1]."""
@@ -53,7 +57,7 @@ def select(shards: str, split: str, per_setting: int) -> tuple[list[Item], dict[
     everything = {}
     for s in input_dataset(shards, split):
         everything[s["key"]] = Item(s["key"], s["task"], s["prompt"], list(s["tags"]), s["source"], s["mask"],
-                                    s["candidates"])
+                                    s["candidates"], ground_truth=s.get("ground_truth"), content=s.get("content"))
     by_setting: dict[str, list[str]] = {name: [] for name in EVAL_SETTINGS}
     for key in sorted(everything):
         it = everything[key]

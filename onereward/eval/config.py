@@ -28,6 +28,10 @@ class EvaluateConfig:
     gsb_margin: float = 0.05
     """GSB rule: Good if the mean symmetric preference for tuned over base exceeds 0.5 + margin,
     Bad if below 0.5 - margin, Same otherwise."""
+    rater_margin: float = 0.02
+    """Rater GSB rule: Good if the tuned output's rater score (mean over its task's dimensions)
+    exceeds the base's by more than this, Bad if it falls short by more, Same otherwise; also the
+    smallest rater difference counted when the judge's agreement with the rater is measured."""
     usable_share: float = 0.5
     """Usability rule: an output is usable if, on every dimension of its task, the judge prefers
     it to at least this share of the input's annotated candidates."""
@@ -35,14 +39,16 @@ class EvaluateConfig:
     """Image pairs per judge forward."""
     grid_scale: int = 2
     """Integer upscaling of images in the PNG grids (nearest neighbour)."""
+    grid_rows: int = 12
+    """Inputs shown per setting in the PNG grids (the first by key); the tables use all."""
 
     def __post_init__(self):
         if not 0.0 <= self.gsb_margin < 0.5:
             raise ValueError(f"evaluate.gsb_margin must be in [0, 0.5), got {self.gsb_margin}")
         if not 0.0 < self.usable_share <= 1.0:
             raise ValueError(f"evaluate.usable_share must be in (0, 1], got {self.usable_share}")
-        if self.num_inference_steps < 1 or self.per_setting < 0 or self.grid_scale < 1:
-            raise ValueError("evaluate: num_inference_steps and grid_scale must be >= 1, per_setting >= 0")
+        if self.num_inference_steps < 1 or self.per_setting < 0 or self.grid_scale < 1 or self.grid_rows < 1:
+            raise ValueError("evaluate: num_inference_steps, grid_scale and grid_rows must be >= 1, per_setting >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

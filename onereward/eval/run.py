@@ -11,11 +11,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from onereward.config import Profile
-from onereward.eval.benchmark import Item, sample_seed, select
+from onereward.eval.benchmark import Item, sample_seed, select, to_tensor
+from onereward.eval.rated import aggregate_rated, rate
 from onereward.eval.config import EvaluateConfig
 from onereward.eval.report import gsb_bars, gsb_csv, image_grid, paper_tables
 from onereward.eval.scoring import InputScores, aggregate, score_input
 from onereward.io import atomic_path, dumps_json, write_json
+from onereward.policy.known import GenerationConfig, finish
 from onereward.tasks import EVAL_SETTINGS, generation_prompt
 
 
@@ -39,8 +41,10 @@ class EvalPaths:
     """Grids per setting and the GSB bars (PNG)."""
 
 
-def generate_outputs(policy, items: list[Item], cfg: EvaluateConfig, desc: str) -> dict[str, Image.Image]:
-    """One output per input at the input's size, through the same path as ``onereward fill``."""
+def generate_outputs(policy, items: list[Item], cfg: EvaluateConfig, desc: str,
+                     generation: GenerationConfig = GenerationConfig()) -> dict[str, Image.Image]:
+    """One output per input at the input's size, through the same path as ``onereward fill``,
+    finished by the ``generation`` rule as the training data and RL rollouts are."""
     from onereward.fill import fill, prepare_inputs
     from onereward.policy.inference import InferenceConfig
 
@@ -50,11 +54,14 @@ def generate_outputs(policy, items: list[Item], cfg: EvaluateConfig, desc: str) 
                                guidance_scale=cfg.guidance_scale, num_inference_steps=cfg.num_inference_steps,
                                seed=sample_seed(cfg.seed, it.key))
         inputs = prepare_inputs(it.source, it.mask, binarize=True)
-        out[it.key] = fill(policy, inputs, generation_prompt(it.task, it.prompt), icfg)
+        image = to_tensor(fill(policy, inputs, generation_prompt(it.task, it.prompt), icfg))[None]
+        image = finish(image, it.image_tensor(), it.mask_tensor(), generation)[0]
+        out[it.key] = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
     return out
 
 
-def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths()):
+def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths(),
+        generation: GenerationConfig = GenerationConfig()):
     """(items, outputs[model][key], scores, metrics). Models are loaded one at a time (memory)."""
     import torch
 
@@ -68,7 +75,7 @@ def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths()):
     outputs = {}
     for model, path in (("base", profile.policy_model), ("tuned", str(paths.tuned))):
         policy = load_policy(path, device=profile.device, dtype=profile.dtype)
-        outputs[model] = generate_outputs(policy, items, cfg, f"evaluate: {model}")
+        outputs[model] = generate_outputs(policy, items, cfg, f"evaluate: {model}", generation)
         del policy
         gc.collect()
     judge = Judge.load(str(paths.judge), device=profile.device, dtype=DTYPES[profile.dtype])
@@ -79,6 +86,10 @@ def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths()):
             scores.append(score_input(judge, it.key, it.task, it.prompt, it.settings, outs, it.candidates,
                                       cfg.judge_batch_size))
     metrics = aggregate(scores, cfg.gsb_margin, cfg.usable_share)
+    rated = aggregate_rated(rate(items, outputs), scores, cfg.rater_margin, cfg.usable_share)
+    for name, entry in rated.items():
+        if entry.get("n"):
+            metrics[name]["rater"] = entry
     from onereward.data.reader import SKIPPED
 
     for entry in metrics.values():  # inputs the reader could not decode; one count for the split, in every setting
@@ -105,10 +116,13 @@ def write_reports(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths, items
     with atomic_path(paths.images) as tmp:
         tmp.mkdir()
         for name in EVAL_SETTINGS:
-            keys = [it.key for it in items if name in it.settings]
+            keys = [it.key for it in items if name in it.settings][: cfg.grid_rows]
             if keys:
-                rows = [(k, [by_key[k].source, by_key[k].mask, outputs["base"][k], outputs["tuned"][k]]) for k in keys]
-                image_grid(rows, cfg.grid_scale).save(tmp / f"grid_{name}.png")
+                truth = lambda k: [by_key[k].ground_truth] if by_key[k].ground_truth is not None else []  # noqa: E731
+                rows = [(k, [by_key[k].source, by_key[k].mask, *truth(k), outputs["base"][k], outputs["tuned"][k]])
+                        for k in keys]
+                headers = ("input", "mask", "ground truth", "base", "tuned") if truth(keys[0]) else ("input", "mask", "base", "tuned")
+                image_grid(rows, cfg.grid_scale, headers).save(tmp / f"grid_{name}.png")
         gsb_bars(metrics).save(tmp / "gsb.png")
     with atomic_path(paths.gsb) as tmp:
         tmp.write_text(gsb_csv(metrics))

@@ -44,6 +44,10 @@ class ConditionSet:
     """uint8 ``[N, 3, H, W]``: the user's input (region to generate greyed out)."""
     masks: torch.Tensor
     """uint8 ``[N, 1, H, W]``, 1 = region to generate."""
+    truths: torch.Tensor | None = None
+    """uint8 ``[N, 3, H, W]`` ground truth for the rater (validation only), or None when the data has none."""
+    contents: list[dict | None] | None = None
+    """Prompted content per input for the rater, or None."""
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -54,7 +58,18 @@ class ConditionSet:
     def subset(self, idx) -> "ConditionSet":
         idx = [int(i) for i in idx]
         return ConditionSet([self.keys[i] for i in idx], [self.tasks[i] for i in idx],
-                            [self.prompts[i] for i in idx], self.images[idx], self.masks[idx])
+                            [self.prompts[i] for i in idx], self.images[idx], self.masks[idx],
+                            None if self.truths is None else self.truths[idx],
+                            None if self.contents is None else [self.contents[i] for i in idx])
+
+    def rater_fields(self, idx, device) -> dict | None:
+        """The rater's sample fields for ``idx`` (see onereward.scoring.rater), or None without ground truth."""
+        if self.truths is None:
+            return None
+        idx = [int(i) for i in idx]
+        images, masks = self.tensors(idx, device)
+        return {"ground_truth": self.truths[idx].to(device).float() / 255.0, "mask": masks, "source": images,
+                "task": [self.tasks[i] for i in idx], "content": [self.contents[i] for i in idx]}
 
     def tensors(self, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
         """Images in [0, 1] and binary masks as float tensors."""
@@ -65,20 +80,27 @@ class ConditionSet:
         return [registry.generation_prompt(self.tasks[i], self.prompts[i]) for i in idx]
 
 
-def load_conditions(shards_dir: str, split: str, limit: int = 0) -> ConditionSet:
+def _chw(img) -> torch.Tensor:
+    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
+
+
+def load_conditions(shards_dir: str, split: str, limit: int = 0, with_truth: bool = False) -> ConditionSet:
+    """Inputs of ``split``; ``with_truth`` also keeps their ground truth (validation's rater)."""
     rows = []
     with _whole_split():
         for item in input_dataset(shards_dir, split):
-            img = torch.from_numpy(np.array(item["source"].convert("RGB"))).permute(2, 0, 1).contiguous()
             mask = torch.from_numpy((np.asarray(item["mask"].convert("L")) > 127).astype(np.uint8))[None]
-            rows.append((item["key"], item["task"], item["prompt"], img, mask))
+            truth = _chw(item["ground_truth"]) if with_truth and item.get("ground_truth") is not None else None
+            rows.append((item["key"], item["task"], item["prompt"], _chw(item["source"]), mask, truth, item.get("content")))
     if not rows:
         raise ValueError(f"no inputs in split {split!r} under {shards_dir}")
     rows.sort(key=lambda r: r[0])
     if limit:
         rows = rows[:limit]
+    truths = torch.stack([r[5] for r in rows]) if all(r[5] is not None for r in rows) else None
     return ConditionSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                        torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]))
+                        torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]),
+                        truths, [r[6] for r in rows] if truths is not None else None)
 
 
 def validation_subset(conds: ConditionSet, size: int, seed: int) -> ConditionSet:

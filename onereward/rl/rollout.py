@@ -9,6 +9,7 @@ import torch
 from onereward import tasks as registry
 from onereward.judge.queries import render_query
 from onereward.policy.adapter import Condition, FillPolicy
+from onereward.policy.known import GenerationConfig, finish
 from onereward.rl.config import TrainPolicyConfig
 
 
@@ -17,10 +18,11 @@ def generators(seeds: list[int], device) -> list[torch.Generator]:
 
 
 class Rollouts:
-    """Sampling with the knobs of the config (schedule length, guidance, true CFG)."""
+    """Sampling with the knobs of the config (schedule length, guidance, true CFG); images
+    finished by the ``generation`` rule (known pixels), as the judge's training data were."""
 
-    def __init__(self, policy: FillPolicy, cfg: TrainPolicyConfig):
-        self.policy, self.cfg = policy, cfg
+    def __init__(self, policy: FillPolicy, cfg: TrainPolicyConfig, generation: GenerationConfig = GenerationConfig()):
+        self.policy, self.cfg, self.generation = policy, cfg, generation
         self._neg: dict[int, tuple] = {}
 
     def velocity_kwargs(self, cond: Condition, transformer) -> dict:
@@ -35,7 +37,8 @@ class Rollouts:
     def sample(self, images, masks, prompts, seeds, transformer) -> torch.Tensor:
         """Full denoise from the seeds' noise with ``transformer``; images in [0, 1]."""
         cond, noise = self.policy.prepare(images, masks, prompts, generators(seeds, images.device))
-        return self.policy.sample(cond, noise, self.cfg.num_inference_steps, **self.velocity_kwargs(cond, transformer))
+        out = self.policy.sample(cond, noise, self.cfg.num_inference_steps, **self.velocity_kwargs(cond, transformer))
+        return finish(out, images, masks, self.generation)
 
     def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model) -> torch.Tensor:
         """Denoise to schedule index ``t`` without gradient, then x0 in one step with gradient, decoded."""
@@ -43,7 +46,7 @@ class Rollouts:
         cond, noise = p.prepare(images, masks, prompts, generators(seeds, images.device))
         x_t = p.denoise(noise, cond, n, stop=t, **self.velocity_kwargs(cond, rollout_model))
         x0 = p.predict_x0(x_t, t, cond, n, **self.velocity_kwargs(cond, grad_model))
-        return p.decode(x0, cond.height, cond.width)
+        return finish(p.decode(x0, cond.height, cond.width), images, masks, self.generation)
 
 
 @dataclass

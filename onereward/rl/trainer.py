@@ -21,6 +21,7 @@ from onereward.config import Profile
 from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, dumps_json
 from onereward.policy.adapter import DTYPES, FillPolicy
+from onereward.policy.known import GenerationConfig
 from onereward.rl import checkpoint as ckpt_mod
 from onereward.rl.conditions import ConditionSet, draw, key_seed, load_conditions, validation_subset
 from onereward.rl.config import TrainPolicyConfig
@@ -42,9 +43,11 @@ class Paths:
     """Validation reward curve (DVC plot) and final metrics."""
 
 
-def fingerprint(cfg: TrainPolicyConfig, profile: Profile, world_size: int) -> str:
+def fingerprint(cfg: TrainPolicyConfig, profile: Profile, world_size: int,
+                generation: GenerationConfig = GenerationConfig()) -> str:
     """Checkpoints resume only into a run with the same settings."""
-    blob = json.dumps({"cfg": cfg.to_dict(), "profile": profile.__dict__, "world": world_size}, sort_keys=True, default=str)
+    blob = json.dumps({"cfg": cfg.to_dict(), "profile": profile.__dict__, "world": world_size,
+                       "generation": generation.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -69,12 +72,22 @@ def setup_policy(cfg: TrainPolicyConfig, profile: Profile, acc: Accelerator) -> 
     return policy
 
 
+HACKING_MARGIN = 0.01
+"""Reward up and rater down by more than this (against step 0) is flagged as reward hacking."""
+
+
 class Validator:
-    """Mean reward P(Yes | policy, frozen base) on fixed validation conditions and noises."""
+    """On fixed validation conditions and noises: the judge's reward P(Yes | policy, frozen base)
+    (what RL optimises) and, beside it, the ground-truth rater's score of the policy's images
+    (onereward.scoring.rater; never a training signal), per task and dimension."""
 
     def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
+        from onereward.scoring import build_scorer
+
         self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
+        self.rater = build_scorer("rater") if conds.truths is not None else None
         self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
+        self.base_rating = self.rate(self.base)
         self.last: torch.Tensor | None = None
 
     def _images(self, seeds, model) -> torch.Tensor:
@@ -84,6 +97,24 @@ class Validator:
             images, masks = self.conds.tensors(idx, self.device)
             out.append(self.rollouts.sample(images, masks, self.conds.generation_prompts(idx), [seeds[i] for i in idx], model))
         return torch.cat(out)
+
+    @torch.no_grad()
+    def rate(self, images: torch.Tensor) -> dict[str, float]:
+        """Mean rater score per task and dimension (``rater_<task>_<dim>``), per task and overall."""
+        if self.rater is None:
+            return {}
+        idx = list(range(len(self.conds)))
+        out = self.rater(images.float().cpu(), **self.conds.rater_fields(idx, "cpu"))
+        rows = {}
+        for task in sorted(set(self.conds.tasks)):
+            sel = [i for i, t in enumerate(self.conds.tasks) if t == task]
+            for dim, v in out.scores.items():
+                vals = v[sel]
+                if not torch.isnan(vals).all():
+                    rows[f"rater_{task}_{dim}"] = float(vals.nanmean())
+            rows[f"rater_{task}"] = float(out.overall()[sel].nanmean())
+        rows["rater"] = float(out.overall().nanmean())
+        return rows
 
     @torch.no_grad()
     def __call__(self, model) -> dict[str, float]:
@@ -97,7 +128,18 @@ class Validator:
         out = {"reward": float(per_sample.mean())}
         for task in sorted(set(self.conds.tasks)):
             out[task] = float(per_sample[[i for i, t in enumerate(self.conds.tasks) if t == task]].mean())
-        return out
+        return {**out, **self.rate(images)}
+
+
+def hacking_signs(first: dict, row: dict) -> list[str]:
+    """Tasks (and "all") whose judge reward rose while the rater's score fell since ``first``."""
+    signs = []
+    for task in ["all"] + sorted(k[len("rater_"):] for k in row if k.startswith("rater_") and k.count("_") == 1):
+        reward, rater = ("reward", "rater") if task == "all" else (task, f"rater_{task}")
+        if rater in row and reward in row and rater in first:
+            if row[reward] - first[reward] > HACKING_MARGIN and first[rater] - row[rater] > HACKING_MARGIN:
+                signs.append(task)
+    return signs
 
 
 def _open_live(paths: Paths, resume_from: Path | None):
@@ -110,10 +152,11 @@ def _open_live(paths: Paths, resume_from: Path | None):
     return Live(str(paths.live), resume=resume_from is not None, save_dvc_exp=False, dvcyaml=False)
 
 
-def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judge_loader=None) -> dict:
+def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judge_loader=None,
+          generation: GenerationConfig = GenerationConfig()) -> dict:
     """Run (or resume) training; returns the final metrics. ``judge_loader(device, dtype)`` overrides Judge.load."""
     train_conds = load_conditions(cfg.shards, "train", cfg.max_conditions)
-    val_conds = validation_subset(load_conditions(cfg.shards, "val"), cfg.val_size, cfg.seed)
+    val_conds = validation_subset(load_conditions(cfg.shards, "val", with_truth=True), cfg.val_size, cfg.seed)
     on_gpu = profile.device.startswith("cuda")
     acc = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu and profile.dtype == "bfloat16" else "no")
     rank, main = acc.process_index, acc.is_main_process
@@ -142,11 +185,11 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     params = [p for p in tr.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(tr, opt)
-    rollouts = Rollouts(policy, cfg)
+    rollouts = Rollouts(policy, cfg, generation)
     frozen_reference = cfg.algorithm == "reference_ema"
     refcache: dict[str, torch.Tensor] = {}
 
-    ckpt = ckpt_mod.Checkpointer(paths.checkpoints, fingerprint(cfg, profile, acc.num_processes), acc, cfg.keep_checkpoints)
+    ckpt = ckpt_mod.Checkpointer(paths.checkpoints, fingerprint(cfg, profile, acc.num_processes, generation), acc, cfg.keep_checkpoints)
     ckpt.clear_stale()
     start, val_rows, live_snapshot = 0, [], None
     latest = ckpt.latest()
@@ -170,12 +213,18 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         if main:
             with acc.autocast():
                 row = {"step": step, **validator(tr)}
+            signs = hacking_signs(val_rows[0], row) if val_rows else []
+            row["hacking"] = len(signs)
             val_rows.append(row)
             live.log_metric("val/reward", row["reward"], plot=True)
             for k, v in row.items():
                 if k not in ("step", "reward"):
-                    live.log_metric(f"val/reward_{k}", v, plot=True)
-            acc.print(f"train_policy: step {step} validation reward {row['reward']:.4f}")
+                    live.log_metric(f"val/{k}" if k.startswith("rater") or k == "hacking" else f"val/reward_{k}", v, plot=True)
+            rater = f", rater {row['rater']:.4f}" if "rater" in row else ""
+            acc.print(f"train_policy: step {step} validation reward {row['reward']:.4f}{rater}")
+            if signs:
+                acc.print(f"train_policy: WARNING step {step}: judge reward rose while the rater's score fell "
+                          f"since step 0 ({', '.join(signs)}): reward hacking")
         acc.wait_for_everyone()
 
     def reference(d, images, masks, prompts) -> torch.Tensor:
@@ -310,6 +359,12 @@ def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_
             "val_reward_end": round(val_rows[-1]["reward"], 6) if val_rows else None,
             "skipped_samples": len(SKIPPED),  # conditions the reader could not decode
         }
+        if val_rows and "rater" in val_rows[0]:
+            metrics.update({
+                "val_rater_start": round(val_rows[0]["rater"], 6),
+                "val_rater_end": round(val_rows[-1]["rater"], 6),
+                "hacking_warnings": sum(r.get("hacking", 0) > 0 for r in val_rows),
+            })
         (tmp / "train_policy.json").write_text(dumps_json({"config": cfg.to_dict(), "metrics": metrics, **run}))
     _write_curve(val_rows, paths.reports / "val_reward.csv")
     with atomic_path(paths.reports / "metrics.json") as tmp:
