@@ -2,6 +2,7 @@
 
     onereward fill --image in.png --mask mask.png --prompt "a red kite" --output out.png
     onereward fill --task removal --image in.png --mask mask.png --output out.png
+    onereward plan --gpus 8 --resolution 512   (memory per GPU at real scale, see onereward.plan)
     onereward judge ...            (delegates to ``python -m onereward.judge.cli`` when present)
 
 ``fill`` uses the official OneReward inference defaults (true CFG 4.0 with negative prompt
@@ -19,6 +20,7 @@ import importlib
 import sys
 from pathlib import Path
 
+from onereward.config import ParamsError
 from onereward.fill import (
     MAX_SEQUENCE_LENGTH,
     FillInputError,
@@ -135,10 +137,27 @@ def run_judge(argv: list[str]) -> int:
     return int(mod.main(argv) or 0)
 
 
+def _plan_parser(sub) -> None:
+    p = sub.add_parser("plan", help="memory per GPU of train_policy and train_judge at real scale (arithmetic)",
+                       description="Bytes per GPU of weights, gradients, optimiser, EMA, reference, judge and "
+                                   "activations, from the real architectures on the meta device (no download).")
+    from onereward.plan import add_arguments
+
+    add_arguments(p)
+    p.set_defaults(run=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    from onereward.plan import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="onereward", description="OneReward: mask-guided generation and its judge.")
     sub = parser.add_subparsers(dest="command", required=True)
     _fill_parser(sub)
+    _plan_parser(sub)
     sub.add_parser("judge", help="the judge's own command (python -m onereward.judge.cli ARGS)", add_help=False)
     return parser
 
@@ -150,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except FillInputError as e:
+    except (FillInputError, ParamsError) as e:
         print(f"onereward {args.command}: error: {e}", file=sys.stderr)
         return EXIT_INPUT
     except KeyboardInterrupt:
