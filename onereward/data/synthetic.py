@@ -183,18 +183,12 @@ def generate_candidates(inputs: list[Input], cfg: SynthesizeConfig, generator_pa
     out = np.zeros((len(inputs), cfg.num_candidates, size, size, 3), np.uint8)
     total = sum(len(p) for p in batches)
     with tqdm(total=total, desc="synthesize: candidates", unit="image") as bar:
-        if cfg.workers > 1:
-            ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
-            with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(generator_path, paste_known)) as pool:
-                results = pool.imap(_generate_batch, jobs)
-                for pairs, imgs in zip(batches, results):
-                    for (i, c), img in zip(pairs, imgs):
-                        out[i, c] = img
-                    bar.update(len(pairs))
-        else:
-            _init_worker(generator_path, paste_known)
-            for pairs, job in zip(batches, jobs):
-                for (i, c), img in zip(pairs, _generate_batch(job)):
+        # Always in fresh worker processes, even with one worker: they pin CPU numerics from the
+        # environment at import (params.numerics), so the bits never depend on the caller's torch.
+        ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
+        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(generator_path, paste_known)) as pool:
+            for pairs, imgs in zip(batches, pool.imap(_generate_batch, jobs)):
+                for (i, c), img in zip(pairs, imgs):
                     out[i, c] = img
                 bar.update(len(pairs))
     return out
