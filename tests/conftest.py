@@ -14,7 +14,7 @@ from onereward.data.synthetic import SynthesizeConfig, synthesize
 
 REPO = Path(__file__).resolve().parents[1]
 # Never copied into a temporary repository: outputs, caches and local state.
-_TOP_LEVEL_SKIP = {".git", ".dvc", "data", ".prefect", "dvclive", ".pytest_cache", "build"}
+_TOP_LEVEL_SKIP = {".git", ".dvc", "data", ".prefect", "dvclive", ".pytest_cache", "build", ".venv", "dvc_plots"}
 _ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", ".tmp-*")
 
 
