@@ -146,3 +146,18 @@ def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
     train(resumed, cfg, inputs_fn, rows, [], ckpt_dir=tmp_path / "b")
     for (n, a), (_, b) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         assert torch.equal(a, b), n
+
+
+def test_candidates_resized_once_give_the_judge_the_same_pixels(base):
+    """Resizing each candidate once with PIL (``examples(side=...)``) feeds the judge exactly the
+    pixel values of its own differentiable resize, also for mirrored pairs."""
+    judge = Judge.load(base)
+    rows = rows_for(DATA["train"], "train")
+    plain = list(examples(DATA["train"], rows))
+    once = list(examples(DATA["train"], rows, judge.resolution))
+    assert once[0].first.shape[-1] == judge.resolution != plain[0].first.shape[-1]
+    for flip in (False, True):
+        a = [e.first.flip(-1) if flip else e.first for e in plain]
+        b = [e.first.flip(-1) if flip else e.first for e in once]
+        pa_, pb_ = (judge.encode_images(torch.stack(x), torch.stack(x))["pixel_values"] for x in (a, b))
+        assert torch.equal(pa_, pb_)

@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
+from PIL import Image
 
 from onereward.judge.image import to_tensor
 from onereward.judge.queries import QueryTemplates
@@ -80,8 +81,13 @@ class Example:
     order: int
 
 
-def examples(inputs: Iterable[dict], rows: list[dict]) -> Iterator[Example]:
-    """Join input samples (``input_dataset`` dicts) with their query rows."""
+def examples(inputs: Iterable[dict], rows: list[dict], side: int | None = None) -> Iterator[Example]:
+    """Join input samples (``input_dataset`` dicts) with their query rows.
+
+    ``side``: resize each candidate once, with PIL's bicubic filter, to the judge's square
+    input. The judge's own differentiable resize computes exactly these pixels (it emulates
+    PIL), so this only saves resizing an image again for every row it appears in.
+    """
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_key[r["key"]].append(r)
@@ -89,9 +95,15 @@ def examples(inputs: Iterable[dict], rows: list[dict]) -> Iterator[Example]:
         mine = by_key.get(item["key"])
         if not mine:
             continue
-        cands = [to_tensor(c) for c in item["candidates"]]
+        cands = [to_tensor(_resized(c, side)) for c in item["candidates"]]
         for r in mine:
             yield Example(cands[r["first"]], cands[r["second"]], r["query"], r["label"], r["key"], r["task"], r["dimension"], r["order"])
+
+
+def _resized(image: Image.Image, side: int | None) -> Image.Image:
+    if side is None or image.size == (side, side):
+        return image
+    return image.resize((side, side), Image.Resampling.BICUBIC)
 
 
 def shuffled(stream: Iterable, buffer: int, rng: random.Random) -> Iterator:

@@ -66,6 +66,8 @@ def pil_resize_matrix(in_size: int, out_size: int, fixed_point: bool = True) -> 
 def _round_clip_st(x255: torch.Tensor) -> torch.Tensor:
     """Round half up and clip to [0, 255] in the forward pass; identity gradient."""
     q = torch.clamp(torch.floor(x255.detach() + 0.5), 0.0, 255.0)
+    if not x255.requires_grad:
+        return q
     return x255 + (q - x255.detach())
 
 

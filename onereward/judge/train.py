@@ -137,7 +137,7 @@ def flipped(pair: tuple[Example, ...]) -> tuple[Example, ...]:
     return tuple(replace(e, first=e.first.flip(-1), second=e.second.flip(-1)) for e in pair)
 
 
-def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig) -> Iterator[list]:
+def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, side: int | None = None) -> Iterator[list]:
     """Endless, deterministic batches: epoch e shuffles inputs and pairs with seed (seed, e).
 
     Both orders of a pair stay in one batch, so the gradient of every pair is Eq. 3's
@@ -147,7 +147,7 @@ def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig) -
     pairs_per_batch = max(1, cfg.batch_size // 2)
     while True:
         rng = random.Random(cfg.seed * 100_003 + epoch)
-        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows))
+        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows, side))
         for group in batched(shuffled(stream, cfg.shuffle_buffer, rng), pairs_per_batch):
             if len(group) == pairs_per_batch:  # drop the ragged tail: fixed batch statistics
                 if cfg.flip:
@@ -166,7 +166,7 @@ def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_siz
     was_training = judge.model.training
     judge.model.eval()
     with tqdm(total=len(rows), desc=desc, unit="row", leave=False) as bar:
-        for batch in batched(examples(inputs, rows), batch_size):
+        for batch in batched(examples(inputs, rows, judge.resolution), batch_size):
             first, second, queries, _ = stack(batch)
             for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
                 out[index[(e.key, e.dimension, e.order)]] = p
@@ -252,7 +252,7 @@ def train(
     fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=rows_digest)
     start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0
     judge.model.train()
-    stream = batch_stream(inputs_fn, train_rows, cfg)
+    stream = batch_stream(inputs_fn, train_rows, cfg, judge.resolution)
     for _ in range(start):  # replay the data order up to the checkpoint (no compute)
         next(stream)
     history: list[dict] = []
