@@ -71,6 +71,11 @@ class TrainPolicyConfig:
     """'full' or 'lora'."""
     lora: LoraSpec = field(default_factory=LoraSpec)
     """LoRA settings (when ``finetune: lora``)."""
+    ema_device: str = "accelerator"
+    """Where the EMA and (full fine-tuning) the frozen reference live: 'accelerator' or 'cpu'
+    (off the accelerator; each use copies them over for the call, each step's EMA update copies
+    the trained tensors back). Both hold only trained tensors; under LoRA the reference is the
+    base with the adapters off and holds nothing."""
     gradient_checkpointing: bool = True
     """Recompute activations of the transformer, the VAE decoder and the judge in backward."""
     checkpoint_every: int = 50
@@ -102,6 +107,8 @@ class TrainPolicyConfig:
         if unknown or any(w < 0 for w in self.task_weights.values()) or (self.task_weights and not sum(self.task_weights.values()) > 0):
             raise ValueError(f"train_policy.task_weights must map tasks of {sorted(TASKS)} to non-negative weights "
                              f"with a positive sum, got {self.task_weights!r}")
+        if self.ema_device not in ("accelerator", "cpu"):
+            raise ValueError(f"train_policy.ema_device must be 'accelerator' or 'cpu', got {self.ema_device!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train_policy.ema_decay must be in [0, 1)")
 

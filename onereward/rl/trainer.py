@@ -25,7 +25,7 @@ from onereward.policy.known import GenerationConfig
 from onereward.rl import checkpoint as ckpt_mod
 from onereward.rl.conditions import ConditionSet, draw, key_seed, load_conditions, validation_subset
 from onereward.rl.config import TrainPolicyConfig
-from onereward.rl.ema import Snapshot, trainable_state
+from onereward.rl.ema import Snapshot, base_reference, trainable_state
 from onereward.rl.rollout import Rollouts, capped_loss, judge_rewards
 
 
@@ -70,6 +70,16 @@ def setup_policy(cfg: TrainPolicyConfig, profile: Profile, acc: Accelerator) -> 
         policy.vae.enable_gradient_checkpointing()
     tr.train()
     return policy
+
+
+def snapshots(cfg: TrainPolicyConfig, tr, device, dtype: torch.dtype):
+    """(frozen base, EMA), each holding only trained tensors, where ``cfg.ema_device`` says.
+
+    The base keeps the model's dtype (its exact weights, e.g. bf16); the EMA is fp32.
+    """
+    where = device if cfg.ema_device == "accelerator" else torch.device("cpu")
+    return (base_reference(tr, cfg.finetune == "lora", where, dtype),  # Alg. 1's reference, validation's baseline
+            Snapshot(tr, cfg.ema_decay, where))
 
 
 HACKING_MARGIN = 0.01
@@ -180,8 +190,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     judge.requires_grad_(False).eval()
 
     tr = policy.transformer
-    initial = Snapshot(tr)  # frozen base: Alg. 1's reference and the validation baseline
-    ema = Snapshot(tr, cfg.ema_decay)
+    initial, ema = snapshots(cfg, tr, acc.device, dtype)
     params = [p for p in tr.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, opt = acc.prepare(tr, opt)
@@ -208,6 +217,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     if main:
         with acc.autocast():
             validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device)
+    if not frozen_reference:
+        initial = None  # Alg. 2 needs the base only for validation's baseline images, made above
 
     def validate(step: int) -> None:
         if main:

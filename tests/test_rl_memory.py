@@ -1,0 +1,71 @@
+"""RL memory: what the policy, its snapshots, the judge and the caches hold, measured on the tiny models."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from accelerate import Accelerator
+
+from onereward.config import Profile
+from onereward.policy.adapter import DTYPES
+from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.trainer import setup_policy, snapshots
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl_memory")
+    save_pipeline(build_tiny_pipeline(seed=0), root / "policy")
+    return root
+
+
+def _profile(models, dtype: str) -> Profile:
+    return Profile(name="tiny", dataset="unused", judge_model="unused", policy_model=str(models / "policy"), dtype=dtype)
+
+
+def _velocity(policy, runner) -> torch.Tensor:
+    torch.manual_seed(3)
+    images, masks = torch.rand(1, 3, 32, 32), (torch.rand(1, 1, 32, 32) > 0.5).float()
+    # bf16 runs under autocast, as the trainer's accelerator does on a GPU (fp32 master weights, bf16 compute)
+    with torch.no_grad(), torch.autocast("cpu", torch.bfloat16, enabled=policy.vae.dtype == torch.bfloat16):
+        cond, noise = policy.prepare(images, masks, ["a red cube"], torch.Generator().manual_seed(0))
+        return policy.velocity(noise, 500.0, cond, transformer=runner).float()
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+@pytest.mark.parametrize("finetune", ["full", "lora"])
+def test_only_trained_tensors_are_fp32_and_the_snapshots_hold_only_them(models, dtype, finetune):
+    cfg = TrainPolicyConfig(finetune=finetune, ema_device="cpu")
+    policy = setup_policy(cfg, _profile(models, dtype), Accelerator(cpu=True))
+    tr = policy.transformer
+    trained = {n for n, p in tr.named_parameters() if p.requires_grad}
+    reference, ema = snapshots(cfg, tr, torch.device("cpu"), DTYPES[dtype])
+
+    assert trained and all(tr.get_parameter(n).dtype == torch.float32 for n in trained)  # fp32 master weights
+    if dtype == "bfloat16":  # nothing else is fp32: no fp32 copy of a frozen weight anywhere
+        pipe = policy.pipe
+        for module in (tr, pipe.vae, pipe.text_encoder, pipe.text_encoder_2):
+            for n, t in itertools.chain(module.named_parameters(), module.named_buffers()):
+                if t.is_floating_point() and t.dtype == torch.float32:
+                    assert module is tr and n in trained, f"frozen {n} is float32"
+    assert set(ema.tensors) == trained
+    assert all(t.dtype == torch.float32 and t.device.type == "cpu" for t in ema.tensors.values())
+    if finetune == "lora":
+        assert all("lora_" in n for n in trained)
+        assert reference.tensors == {}  # the base with adapters off: no copy at all
+    else:
+        assert len(trained) == len(list(tr.parameters()))
+        assert set(reference.tensors) == trained
+        assert all(t.dtype == DTYPES[dtype] for t in reference.tensors.values())  # the base's own dtype
+
+    # the reference still runs the untrained base after the weights moved
+    before = _velocity(policy, tr)
+    with torch.no_grad():
+        for n in trained:
+            tr.get_parameter(n).add_(0.05)
+    assert not torch.equal(_velocity(policy, tr), before)
+    assert torch.equal(_velocity(policy, reference.bind(tr)), before)
+    assert all(tr.get_parameter(n).requires_grad for n in trained)  # switching adapters off and on kept them trainable
