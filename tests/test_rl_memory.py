@@ -69,3 +69,50 @@ def test_only_trained_tensors_are_fp32_and_the_snapshots_hold_only_them(models, 
     assert not torch.equal(_velocity(policy, tr), before)
     assert torch.equal(_velocity(policy, reference.bind(tr)), before)
     assert all(tr.get_parameter(n).requires_grad for n in trained)  # switching adapters off and on kept them trainable
+
+
+@pytest.fixture(scope="module")
+def judge_dir(tmp_path_factory):
+    from onereward.judge.model import JudgeMeta
+    from onereward.judge.tiny import TinyJudgeConfig, save_tiny_judge
+
+    root = tmp_path_factory.mktemp("rl_judge")
+    save_tiny_judge(TinyJudgeConfig(), root)
+    JudgeMeta(resolution=56).write(root)  # 4 vision tokens per image
+    return root
+
+
+def _saved_activation_bytes(judge, first, second, queries) -> tuple[int, torch.Tensor]:
+    """Bytes autograd keeps for backward (weights left out), and the gradient w.r.t. ``first``."""
+    weights = {p.untyped_storage().data_ptr() for p in judge.model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    first = first.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        p = judge.p_yes(first, second, queries)
+    p.sum().backward()
+    return sum(seen.values()), first.grad
+
+
+def test_judge_layers_are_checkpointed_in_eval_mode_and_keep_far_fewer_activations(judge_dir):
+    from onereward.judge.model import Judge
+    from onereward.rl.judging import checkpoint_layers
+
+    judge = Judge.load(judge_dir, gradient_checkpointing=True).requires_grad_(False).eval()
+    torch.manual_seed(0)
+    first, second = torch.rand(4, 3, 64, 64), torch.rand(4, 3, 64, 64)
+    queries = ["Is the first image better?"] * 4
+    plain, grad_plain = _saved_activation_bytes(judge, first, second, queries)  # transformers' checkpointing: off in eval
+    layers = len(judge.model.model.language_model.layers) + len(judge.model.model.visual.blocks)
+    assert checkpoint_layers(judge.model) == layers
+    assert checkpoint_layers(judge.model) == layers  # idempotent
+    assert not any(m.training for m in judge.modules())  # still eval: no dropout
+    ckpt, grad_ckpt = _saved_activation_bytes(judge, first, second, queries)
+    assert ckpt < 0.5 * plain, f"checkpointed judge keeps {ckpt} bytes against {plain} without"
+    assert torch.equal(grad_ckpt, grad_plain)  # recomputation gives the same gradient

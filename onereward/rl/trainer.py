@@ -26,6 +26,7 @@ from onereward.rl import checkpoint as ckpt_mod
 from onereward.rl.conditions import ConditionSet, draw, key_seed, load_conditions, validation_subset
 from onereward.rl.config import TrainPolicyConfig
 from onereward.rl.ema import Snapshot, base_reference, trainable_state
+from onereward.rl.judging import checkpoint_layers
 from onereward.rl.rollout import Rollouts, capped_loss, judge_rewards
 
 
@@ -188,6 +189,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     else:
         judge = judge_loader(acc.device, dtype)
     judge.requires_grad_(False).eval()
+    if cfg.gradient_checkpointing:  # transformers' own checkpointing is off in eval mode
+        checkpoint_layers(judge.model)
 
     tr = policy.transformer
     initial, ema = snapshots(cfg, tr, acc.device, dtype)
