@@ -116,3 +116,37 @@ def test_judge_layers_are_checkpointed_in_eval_mode_and_keep_far_fewer_activatio
     ckpt, grad_ckpt = _saved_activation_bytes(judge, first, second, queries)
     assert ckpt < 0.5 * plain, f"checkpointed judge keeps {ckpt} bytes against {plain} without"
     assert torch.equal(grad_ckpt, grad_plain)  # recomputation gives the same gradient
+
+
+def test_each_image_enters_the_vision_tower_once_and_rewards_match_the_per_query_path(judge_dir):
+    from onereward.judge.model import Judge
+    from onereward.rl.judging import checkpoint_layers
+    from onereward.rl.rollout import judge_rewards
+
+    judge = Judge.load(judge_dir).requires_grad_(False).eval()
+    checkpoint_layers(judge.model)
+    seen = []
+    judge.model.model.visual.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append((kwargs["grid_thw"].shape[0], torch.is_grad_enabled())), with_kwargs=True)
+    torch.manual_seed(1)
+    first, second = torch.rand(3, 3, 64, 64, requires_grad=True), torch.rand(3, 3, 64, 64)
+    prompts = ["a red cube", None, "two birds"]
+    r = judge_rewards(judge, first, second, "fill", prompts)
+    assert len(r.sample) > len(prompts)  # several dimensions per image: the old path encoded each image that often
+    assert sum(n for n, _ in seen) == 2 * len(prompts)  # every distinct image once
+    assert [g for _, g in seen].count(True) == 1  # the policy images with gradient, the reference without
+    (grad,) = torch.autograd.grad(r.p_yes.sum(), first)
+
+    seen.clear()
+    old = judge.p_yes(first[r.sample], second[r.sample], _queries("fill", prompts))  # one query, both images, at a time
+    assert sum(n for n, _ in seen) == 2 * len(r.sample)
+    assert (r.p_yes - old).abs().max() < 1e-5
+    (old_grad,) = torch.autograd.grad(old.sum(), first)
+    assert (grad - old_grad).abs().max() < 1e-5 * max(1.0, float(old_grad.abs().max()))
+
+
+def _queries(task, prompts):
+    from onereward import tasks
+    from onereward.judge.queries import render_query
+
+    return [render_query(task, d, p) for p in prompts for d in tasks.dimensions_for(task, p)]

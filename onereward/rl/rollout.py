@@ -11,6 +11,7 @@ from onereward.judge.queries import render_query
 from onereward.policy.adapter import Condition, FillPolicy
 from onereward.policy.known import GenerationConfig, finish
 from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.judging import pair_p_yes, vision_features
 
 
 def generators(seeds: list[int], device) -> list[torch.Generator]:
@@ -73,14 +74,19 @@ class Rewards:
 
 
 def judge_rewards(judge, first, second, task: str, prompts: list[str | None]) -> Rewards:
-    """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample."""
+    """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample.
+
+    Each image enters the judge's vision tower once; ``second`` (the reference) without gradient.
+    """
     sample, dims, queries = [], [], []
     for i, prompt in enumerate(prompts):
         for d in registry.dimensions_for(task, prompt):
             sample.append(i)
             dims.append(d)
             queries.append(render_query(task, d, prompt))
-    p = judge.p_yes(first[sample], second[sample], queries)
+    with torch.no_grad():
+        reference = vision_features(judge, second)
+    p = pair_p_yes(judge, vision_features(judge, first), reference, sample, queries)
     return Rewards(p, sample, dims, task)
 
 
