@@ -25,6 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from onereward import tasks
+from onereward.data.defects import DEFECTS, spoil
 from onereward.data.records import RECORDS_FILE
 from onereward.data.scenes import Scene, _to_img, make_scene
 
@@ -43,6 +44,17 @@ class CandidateSampling:
     """True classifier-free guidance scales (1.0: no negative pass)."""
     negative_prompts: tuple[str, ...] = ("nsfw", "blurry, low quality, distorted")
     """Prompts of the negative pass when the scale is above 1."""
+
+
+@dataclass(frozen=True)
+class DefectCandidates:
+    """Hand-made defect candidates in the mix (``onereward.data.defects``)."""
+
+    share: float = 0.0
+    """Share of inputs whose last candidate is another of its candidates with a defect in the
+    region instead of a further generator sample (0: every candidate from the generator)."""
+    kinds: tuple[str, ...] = ("flat", "hazy", "blur", "color_cast")
+    """Defects drawn from, uniformly (names in ``onereward.data.defects.DEFECTS``)."""
 
 
 @dataclass(frozen=True)
@@ -74,6 +86,8 @@ class SynthesizeConfig:
     """Share of extend inputs with a user prompt."""
     sampling: CandidateSampling = field(default_factory=CandidateSampling)
     """How the candidates' sampling settings vary."""
+    defects: DefectCandidates = field(default_factory=DefectCandidates)
+    """Hand-made defect candidates mixed in."""
     tie_margin: float = 0.05
     """A dimension whose best and worst candidate differ by less than this rater score is left
     out for the input ("no clear difference"), as annotators skip near-ties."""
@@ -93,6 +107,10 @@ class SynthesizeConfig:
             raise ValueError("synthesize.num_candidates must be at least 2")
         if not (self.sampling.steps and self.sampling.true_cfg and self.sampling.negative_prompts):
             raise ValueError("synthesize.sampling: every list needs at least one value")
+        unknown = sorted(set(self.defects.kinds) - set(DEFECTS))
+        if unknown or not self.defects.kinds or not 0 <= self.defects.share <= 1:
+            raise ValueError(f"synthesize.defects: share must be in [0, 1] and kinds among {sorted(DEFECTS)}, "
+                             f"got share {self.defects.share}, kinds {list(self.defects.kinds)}")
 
 
 def task_plan(cfg: SynthesizeConfig) -> list[str]:
@@ -113,6 +131,12 @@ class Input(Scene):
     """A scene with the sampling settings of its candidates."""
 
     settings: list[Setting] = field(default_factory=list)
+    defect: tuple[str, int] | None = None
+    """(defect, candidate it spoils): the last candidate is made by hand, not sampled."""
+
+    def sampled(self) -> int:
+        """How many of the candidates the generator makes."""
+        return len(self.settings) - (self.defect is not None)
 
 
 def make_input(index: int, task: str, cfg: SynthesizeConfig) -> Input:
@@ -123,14 +147,19 @@ def make_input(index: int, task: str, cfg: SynthesizeConfig) -> Input:
         Setting(int(rng.choice(s.steps)), float(rng.choice(s.true_cfg)), str(rng.choice(s.negative_prompts)))
         for _ in range(cfg.num_candidates)
     ]
-    return Input(**scene.__dict__, settings=settings)
+    d = cfg.defects
+    defect = None
+    if rng.random() < d.share:
+        defect = (str(rng.choice(d.kinds)), int(rng.integers(cfg.num_candidates - 1)))
+    tags = scene.tags + ([f"defect_{defect[0]}"] if defect else [])
+    return Input(**{**scene.__dict__, "tags": tags}, settings=settings, defect=defect)
 
 
 def _batches(inputs: list[Input], batch_size: int) -> list[list[tuple[int, int]]]:
     """(input, candidate) pairs grouped by sampling setting, in a fixed order, cut into batches."""
     by_setting: dict[Setting, list[tuple[int, int]]] = {}
     for i, inp in enumerate(inputs):
-        for c, st in enumerate(inp.settings):
+        for c, st in enumerate(inp.settings[: inp.sampled()]):
             by_setting.setdefault(st, []).append((i, c))
     out = []
     for st in sorted(by_setting, key=lambda x: (x.steps, x.true_cfg, x.negative_prompt)):
@@ -191,6 +220,11 @@ def generate_candidates(inputs: list[Input], cfg: SynthesizeConfig, generator_pa
                 for (i, c), img in zip(pairs, imgs):
                     out[i, c] = img
                 bar.update(len(pairs))
+    for i, inp in enumerate(inputs):
+        if inp.defect is not None:
+            kind, of = inp.defect
+            rng = np.random.default_rng([cfg.seed, i, 2])
+            out[i, -1] = spoil(kind, out[i, of], inp.mask > 0.5, rng)
     return out
 
 
