@@ -150,3 +150,28 @@ def _queries(task, prompts):
     from onereward.judge.queries import render_query
 
     return [render_query(task, d, p) for p in prompts for d in tasks.dimensions_for(task, p)]
+
+
+@pytest.mark.parametrize("offload", [False, True])
+def test_prompt_embeddings_are_cached_on_the_cpu_bounded_and_unchanged_by_eviction(models, offload):
+    from onereward.policy.adapter import FillPolicy
+
+    policy = FillPolicy.load(str(models / "policy"), prompt_cache_size=2)
+    if offload:
+        policy.offload_text_encoders()
+        assert all(p.device.type == "cpu" for m in (policy.pipe.text_encoder, policy.pipe.text_encoder_2)
+                   for p in m.parameters())
+    calls = []
+    policy.pipe.text_encoder_2.register_forward_pre_hook(lambda m, a: calls.append(1))
+    first, _, _ = policy.encode_prompts(["a", "b", "a"])
+    assert len(calls) == 2  # each distinct prompt once
+    policy.encode_prompts(["b", "a"])
+    assert len(calls) == 2  # cached
+    policy.encode_prompts(["c"])  # evicts the least recently used ("b")
+    assert list(policy._prompt_cache) == ["a", "c"]
+    assert all(t.device.type == "cpu" for pair in policy._prompt_cache.values() for t in pair)
+    again, _, _ = policy.encode_prompts(["a", "b", "a"])
+    assert len(calls) == 4 and len(policy._prompt_cache) == 2
+    assert torch.equal(again, first)  # a re-encoded prompt gives the same bytes
+    with pytest.raises(ValueError, match="prompt_cache_size"):
+        policy.encode_prompts(["x", "y", "z"])

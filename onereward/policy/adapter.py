@@ -10,6 +10,7 @@ pipeline's own methods (``encode_prompt``, ``prepare_latents``, ``prepare_mask_l
 from __future__ import annotations
 
 import copy
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -64,12 +65,17 @@ class Condition:
 class FillPolicy:
     """FLUX.1-Fill components behind one small interface (RL rollouts, one-step x0, decode, CFG)."""
 
-    def __init__(self, pipe: FluxFillPipeline, max_sequence_length: int | None = None):
+    def __init__(self, pipe: FluxFillPipeline, max_sequence_length: int | None = None, prompt_cache_size: int = 1024):
         self.pipe = pipe
         # The tiny model stores a short T5 length in its tokenizer (512 text tokens would
         # dwarf its 16 image tokens); FLUX.1-Fill-dev's tokenizer says 512, the pipeline default.
         self.max_sequence_length = max_sequence_length or min(512, pipe.tokenizer_2.model_max_length)
-        self._prompt_cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if prompt_cache_size < 1:
+            raise ValueError(f"prompt_cache_size must be at least 1, got {prompt_cache_size}")
+        # On the CPU and least-recently-used first out: 4 MB a prompt for FLUX.1-Fill-dev's T5 (512 x 4096 bf16)
+        self.prompt_cache_size = prompt_cache_size
+        self._prompt_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.text_encoders_offloaded = False
         # Own scheduler instance: its step index is state, and reference/policy rollouts interleave.
         self.scheduler = copy.deepcopy(pipe.scheduler)
         # prepare_latents mixes image and noise at t = 1000 with ``pipe.scheduler``; one left
@@ -107,23 +113,49 @@ class FillPolicy:
     def dtype(self) -> torch.dtype:
         return self.pipe.transformer.dtype
 
+    def _text_encoders(self):
+        return [m for m in (self.pipe.text_encoder, self.pipe.text_encoder_2) if m is not None]
+
+    def offload_text_encoders(self) -> None:
+        """Keep the text encoders on the CPU; they visit the policy's device only to encode prompts
+        that are not cached (RL encodes each prompt once: the encoders idle otherwise)."""
+        for m in self._text_encoders():
+            m.to("cpu")
+        self.text_encoders_offloaded = True
+
     # ---- conditions ------------------------------------------------------------------------
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]):
         """(T5 embeds, CLIP pooled, text ids) via the pipeline's ``encode_prompt``.
 
-        Each distinct prompt is encoded alone and cached: the text encoders are frozen, and
-        encoding one at a time makes the bytes independent of batch composition and history
-        (a resumed run must reproduce an uninterrupted one exactly).
+        Each distinct prompt is encoded alone and cached on the CPU (at most
+        ``prompt_cache_size`` prompts): the text encoders are frozen, and encoding one at a time
+        makes the bytes independent of batch composition and history (a resumed run must
+        reproduce an uninterrupted one exactly; an evicted prompt encodes to the same bytes).
         """
-        for p in dict.fromkeys(prompts):
-            if p not in self._prompt_cache:
+        distinct = list(dict.fromkeys(prompts))
+        if len(distinct) > self.prompt_cache_size:
+            raise ValueError(f"{len(distinct)} distinct prompts in one batch exceed prompt_cache_size {self.prompt_cache_size}")
+        todo = [p for p in distinct if p not in self._prompt_cache]
+        if todo and self.text_encoders_offloaded:
+            for m in self._text_encoders():
+                m.to(self.device)
+        try:
+            for p in todo:
                 e, pooled, _ = self.pipe.encode_prompt(
                     prompt=[p], prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
                 )
-                self._prompt_cache[p] = (e[0].to(self.dtype), pooled[0].to(self.dtype))
-        embeds = torch.stack([self._prompt_cache[p][0] for p in prompts])
-        pooled = torch.stack([self._prompt_cache[p][1] for p in prompts])
+                self._prompt_cache[p] = (e[0].to("cpu", self.dtype), pooled[0].to("cpu", self.dtype))
+        finally:
+            if todo and self.text_encoders_offloaded:
+                for m in self._text_encoders():
+                    m.to("cpu")
+        for p in distinct:
+            self._prompt_cache.move_to_end(p)
+        while len(self._prompt_cache) > self.prompt_cache_size:
+            self._prompt_cache.popitem(last=False)
+        embeds = torch.stack([self._prompt_cache[p][0] for p in prompts]).to(self.device)
+        pooled = torch.stack([self._prompt_cache[p][1] for p in prompts]).to(self.device)
         text_ids = torch.zeros(embeds.shape[1], 3, device=self.device, dtype=self.pipe.text_encoder.dtype)
         return embeds, pooled, text_ids
 

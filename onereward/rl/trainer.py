@@ -53,7 +53,9 @@ def fingerprint(cfg: TrainPolicyConfig, profile: Profile, world_size: int,
 
 
 def setup_policy(cfg: TrainPolicyConfig, profile: Profile, acc: Accelerator) -> FillPolicy:
-    policy = FillPolicy.load(profile.policy_model, acc.device, DTYPES[profile.dtype])
+    policy = FillPolicy.load(profile.policy_model, acc.device, DTYPES[profile.dtype], prompt_cache_size=cfg.prompt_cache_size)
+    if cfg.offload_text_encoders:
+        policy.offload_text_encoders()
     tr = policy.transformer
     if cfg.finetune == "lora":
         from peft import LoraConfig
