@@ -175,3 +175,60 @@ def test_prompt_embeddings_are_cached_on_the_cpu_bounded_and_unchanged_by_evicti
     assert torch.equal(again, first)  # a re-encoded prompt gives the same bytes
     with pytest.raises(ValueError, match="prompt_cache_size"):
         policy.encode_prompts(["x", "y", "z"])
+
+
+METRICS_RUNNER = """
+import json, sys
+import torch
+from accelerate import Accelerator
+from onereward.rl.rollout import Rewards
+from onereward.rl.trainer import step_metrics
+acc = Accelerator(cpu=True)
+r = acc.process_index
+task = ["fill", "removal"][r % 2]
+dims = ["structure", "aesthetics", "structure"] if task == "fill" else ["removal_quality"] * 3
+rewards = Rewards(torch.tensor([0.1, 0.2, 0.3]) + r, [0, 0, 1], dims, task)
+out = step_metrics(acc, torch.tensor(float(r)), rewards, 2)
+if acc.is_main_process:
+    open(sys.argv[1], "w").write(json.dumps(out))
+acc.end_training()
+"""
+
+
+def _expected(ranks: int) -> dict:
+    per_sample, out = [], {"train/loss": sum(range(ranks)) / ranks}
+    for r in range(ranks):
+        per_sample += [(0.1 + r + 0.2 + r) / 2, 0.3 + r]
+    out["train/reward"] = sum(per_sample) / len(per_sample)
+    out["train/reward_std"] = float(torch.tensor(per_sample).std())
+    out["reward/fill/structure"] = sum((0.1 + r + 0.3 + r) / 2 for r in range(0, ranks, 2)) / len(range(0, ranks, 2))
+    out["reward/fill/aesthetics"] = sum(0.2 + r for r in range(0, ranks, 2)) / len(range(0, ranks, 2))
+    if ranks > 1:
+        out["reward/removal/removal_quality"] = sum(0.2 + r for r in range(1, ranks, 2)) / len(range(1, ranks, 2))
+    return out
+
+
+def _run_metrics(tmp_path, ranks: int) -> dict:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    (tmp_path / "runner.py").write_text(METRICS_RUNNER)
+    env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(tmp_path / "runner.py"), str(tmp_path / "out.json")]
+    if ranks > 1:
+        cmd[1:1] = ["-m", "accelerate.commands.launch", "--config_file", str(repo / "configs/accelerate/ddp.yaml"),
+                    "--num_processes", str(ranks), "--main_process_port", "29531"]
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((tmp_path / "out.json").read_text())
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_logged_step_metrics_are_means_over_every_process(tmp_path, ranks):
+    got, want = _run_metrics(tmp_path, ranks), _expected(ranks)
+    assert got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) < 1e-6 for k in want), (got, want)

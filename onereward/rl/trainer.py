@@ -85,6 +85,25 @@ def snapshots(cfg: TrainPolicyConfig, tr, device, dtype: torch.dtype):
             Snapshot(tr, cfg.ema_decay, where))
 
 
+def step_metrics(acc: Accelerator, loss: torch.Tensor, rewards, batch: int) -> dict[str, float]:
+    """One step's loss and rewards over all processes (each draws its own conditions and task):
+    ``train/loss``, ``train/reward``, ``train/reward_std`` and ``reward/<task>/<dim>``, means over
+    every sample (or pair) of every process. A collective: all processes call it."""
+    from accelerate.utils import gather_object
+
+    per_sample = acc.gather(rewards.per_sample(batch).detach().float())
+    out = {"train/loss": float(acc.reduce(loss.detach().reshape(1), "mean")),
+           "train/reward": float(per_sample.mean()),
+           "train/reward_std": float(per_sample.std()) if len(per_sample) > 1 else 0.0}
+    pairs: dict[str, list[torch.Tensor]] = {}
+    local = rewards.p_yes.detach().cpu()
+    for task, dims, p in gather_object([(rewards.task, rewards.dims, local)]):
+        for dim in dict.fromkeys(dims):
+            pairs.setdefault(f"reward/{task}/{dim}", []).append(p[[i for i, x in enumerate(dims) if x == dim]])
+    out.update({k: float(torch.cat(v).mean()) for k, v in pairs.items()})
+    return out
+
+
 HACKING_MARGIN = 0.01
 """Reward up and rater down by more than this (against step 0) is flagged as reward hacking."""
 
@@ -282,17 +301,17 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         opt.zero_grad(set_to_none=True)
         ema.update(tr)
 
+        logged = step_metrics(acc, loss, rewards, len(d.index))  # every process takes part
         if main:
-            per_sample = rewards.per_sample(len(d.index)).detach().float()
             live.step = step + 1
-            live.log_metric("train/loss", float(loss.detach()))
-            live.log_metric("train/reward", float(per_sample.mean()))
-            live.log_metric("train/reward_std", float(per_sample.std()) if len(per_sample) > 1 else 0.0)
+            for k in ("train/loss", "train/reward", "train/reward_std"):
+                live.log_metric(k, logged.pop(k))
             live.log_metric("train/grad_norm", float(grad_norm))
             live.log_metric("train/t", d.t)
-            for dim, v in rewards.by_dimension().items():
-                live.log_metric(f"reward/{d.task}/{dim}", v)
-            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", reward=f"{float(per_sample.mean()):.3f}", task=d.task)
+            for k, v in logged.items():
+                live.log_metric(k, v)
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}", reward=f"{float(rewards.per_sample(len(d.index)).mean()):.3f}",
+                            task=d.task)
         done = step + 1
         if done % cfg.val_every == 0 or done == cfg.steps:
             validate(done)
