@@ -48,12 +48,12 @@ def test_share_zero_leaves_every_candidate_to_the_generator():
     plain = SynthesizeConfig(num_inputs=24)
     for i, task in enumerate(task_plan(plain)):
         a, b = make_input(i, task, plain), make_input(i, task, CFG)
-        assert a.defect is None and a.settings == b.settings and a.tags == [t for t in b.tags if not t.startswith("defect_")]
+        assert a.defect is None and a.settings == b.settings and a.tags == b.tags
 
 
 def test_defect_candidates_spoil_another_candidate_and_are_not_sampled(tiny_generator):
     inputs = [make_input(i, task, CFG) for i, task in enumerate(task_plan(CFG))]
-    assert all(x.defect is not None and f"defect_{x.defect[0]}" in x.tags for x in inputs)
+    assert all(x.defect is not None for x in inputs)
     assert {x.defect[0] for x in inputs} == set(DEFECTS)
     sampled = [c for batch in _batches(inputs, CFG.batch_size) for _, c in batch]
     assert len(sampled) == len(inputs) * (CFG.num_candidates - 1)
@@ -62,3 +62,15 @@ def test_defect_candidates_spoil_another_candidate_and_are_not_sampled(tiny_gene
         kind, of = x.defect
         expected = spoil(kind, cands[i, of], x.mask > 0.5, np.random.default_rng([CFG.seed, i, 2]))
         assert (cands[i, -1] == expected).all()
+
+
+def test_a_synthesized_set_with_defects_passes_the_record_checks(tmp_path, tiny_generator):
+    from onereward.data.records import parse_line, record_lines, validate
+    from onereward.data.synthetic import synthesize
+
+    cfg = SynthesizeConfig(num_inputs=4, batch_size=8, defects=DefectCandidates(share=1.0))
+    assert synthesize(tmp_path, cfg, tiny_generator) == 4
+    seen: set[str] = set()
+    for line, text in record_lines(tmp_path / "records.jsonl"):
+        record = validate(parse_line(text, line), line, tmp_path, seen)
+        assert len(record.candidates) == cfg.num_candidates

@@ -151,8 +151,7 @@ def make_input(index: int, task: str, cfg: SynthesizeConfig) -> Input:
     defect = None
     if rng.random() < d.share:
         defect = (str(rng.choice(d.kinds)), int(rng.integers(cfg.num_candidates - 1)))
-    tags = scene.tags + ([f"defect_{defect[0]}"] if defect else [])
-    return Input(**{**scene.__dict__, "tags": tags}, settings=settings, defect=defect)
+    return Input(**scene.__dict__, settings=settings, defect=defect)
 
 
 def _batches(inputs: list[Input], batch_size: int) -> list[list[tuple[int, int]]]:
