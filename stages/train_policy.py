@@ -5,7 +5,8 @@ Runs alone (``python -m stages.train_policy``) or on several processes
 A rerun after a crash resumes from the last checkpoint of the same settings by itself.
 """
 
-from onereward.config import active_profile, load_params, section
+from onereward.config import load_params, section
+from onereward.judge.params import judge_section  # any section with per_profile overrides
 from onereward.policy.known import GenerationConfig
 from onereward.rl.config import TrainPolicyConfig
 from onereward.rl.trainer import Paths, train
@@ -13,8 +14,8 @@ from onereward.rl.trainer import Paths, train
 
 def main() -> None:
     params = load_params()
-    metrics = train(section(TrainPolicyConfig, "train_policy", params), active_profile(params), Paths(),
-                    generation=section(GenerationConfig, "generation", params))
+    cfg, profile = judge_section(TrainPolicyConfig, "train_policy", params)  # the active profile's settings
+    metrics = train(cfg, profile, Paths(), generation=section(GenerationConfig, "generation", params))
     if metrics:
         print(f"train_policy: {metrics}")
 

@@ -232,3 +232,26 @@ def test_logged_step_metrics_are_means_over_every_process(tmp_path, ranks):
     got, want = _run_metrics(tmp_path, ranks), _expected(ranks)
     assert got.keys() == want.keys()
     assert all(abs(got[k] - want[k]) < 1e-6 for k in want), (got, want)
+
+
+def test_train_policy_settings_per_profile_as_the_stage_reads_them():
+    import copy
+
+    import yaml
+
+    from pathlib import Path
+
+    from onereward.config import resolve_profile
+    from onereward.judge.params import judge_section
+
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    got = {}
+    for name in ("tiny", "real"):
+        params = copy.deepcopy(raw)
+        params["profile"] = name
+        got[name], _ = judge_section(TrainPolicyConfig, "train_policy", resolve_profile(params))
+    real, tiny = got["real"], got["tiny"]
+    assert (real.finetune, real.ema_device, real.offload_text_encoders) == ("lora", "cpu", True)
+    assert real.lora.rank >= 32 and real.lora.alpha / real.lora.rank == 2.0
+    assert real.true_cfg > 1 and real.num_inference_steps > tiny.num_inference_steps
+    assert (tiny.finetune, tiny.ema_device, tiny.offload_text_encoders) == ("full", "accelerator", False)
