@@ -1,7 +1,14 @@
 """The OneReward training loop (Alg. 1 and Alg. 2): sample -> reward -> optimize -> EMA.
 
 Runs alone or under ``accelerate launch`` (DDP; FSDP config shipped for GPUs). Every process
-draws its own conditions from (seed, step, rank); the main process validates, logs and saves.
+draws its own conditions from (seed, step, rank); the main process validates, logs (step
+metrics averaged over all processes) and saves.
+
+Memory: only trained tensors are fp32 (frozen weights stay in the profile's dtype); the EMA and
+the reference hold only trained tensors, optionally on the CPU (``ema_device``), and under LoRA
+the reference is the base with adapters off; the judge's layers are checkpointed in eval mode
+and each image passes its vision tower once per reward (``onereward.rl.judging``); prompt
+embeddings are cached on the CPU, bounded, and the text encoders may stay there.
 """
 
 from __future__ import annotations
