@@ -4,6 +4,7 @@ Writes the trained judge to ``data/models/judge`` (a LoRA adapter or a full mode
 ``judge.json``); checkpoints go to ``data/models/judge_ckpt`` and a rerun resumes from them.
 """
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from onereward.judge.data import read_query_table
 from onereward.judge.model import Judge, JudgeMeta
 from onereward.judge.params import judge_section
 from onereward.judge.train import TrainJudgeConfig, clear_checkpoints, save_judge, train
+from onereward.launch import data_parallel
 
 BASE = Path("data/models/judge_base")
 QUERIES = Path("data/queries.parquet")
@@ -24,6 +26,13 @@ LIVE = Path("dvclive/train_judge")
 
 
 def main() -> None:
+    cfg, _ = judge_section(TrainJudgeConfig, "train_judge")
+    data_parallel(run, cfg.processes)
+
+
+def run() -> None:
+    """The stage in one process (of ``train_judge.processes``); the main process writes the outputs."""
+    from accelerate import PartialState
     from dvclive import Live
 
     cfg, profile = judge_section(TrainJudgeConfig, "train_judge")
@@ -38,8 +47,9 @@ def main() -> None:
     def inputs(split: str, shuffle: bool, seed: int):
         return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed)
 
+    main_process = PartialState().is_main_process
     # dvcyaml=None: dvc.yaml is written by people, not by the logger
-    with Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None) as live:
+    with (Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None) if main_process else nullcontext()) as live:
 
         def log(step: int, metrics: dict) -> None:
             live.step = step
@@ -49,6 +59,8 @@ def main() -> None:
             live.next_step()
 
         history = train(judge, cfg, inputs, train_rows, val_rows, ckpt_dir=CKPT, log=log)
+    if not main_process:
+        return
     with atomic_path(OUT) as tmp:
         save_judge(judge, cfg, base, tmp, template_version=",".join(versions))
     # A finished run is not resumed: the next run (new queries or params) starts fresh.

@@ -182,14 +182,16 @@ class Judge(torch.nn.Module):
 
     # ------------------------------------------------------------------ scoring
 
-    def margin(self, first: torch.Tensor, second: torch.Tensor, queries: list[str]) -> torch.Tensor:
-        """``[B]`` logit_Yes - logit_No; differentiable w.r.t. the images and trainable weights."""
+    def margin(self, first: torch.Tensor, second: torch.Tensor, queries: list[str], model=None) -> torch.Tensor:
+        """``[B]`` logit_Yes - logit_No; differentiable w.r.t. the images and trainable weights.
+
+        ``model``: what runs the forward pass instead of ``self.model`` (its DDP wrapper in training)."""
         if len(queries) != first.shape[0]:
             raise ValueError(f"{len(queries)} queries for {first.shape[0]} image pairs")
         device = self.device
         inputs = {k: v.to(device) for k, v in self.encode_text(queries).items()}
         images = self.encode_images(first.to(device), second.to(device))
-        out = self.model(
+        out = (model or self.model)(
             **inputs,
             pixel_values=images["pixel_values"].to(self.model.dtype),
             image_grid_thw=images["image_grid_thw"],

@@ -74,10 +74,16 @@ class TrainJudgeConfig:
     """Recompute activations in the backward pass to save memory (GPU, large judges)."""
     eval_batch_size: int = 64
     """Rows per forward pass when scoring the validation split."""
+    processes: int = 1
+    """Data-parallel processes on this machine when no launcher started the stage (``accelerate
+    launch`` or ``torchrun`` decide themselves): each takes an equal share of every batch's pairs
+    and the gradients are averaged, so a step is the one-process step up to summation order."""
 
     def __post_init__(self):
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"train_judge.finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.processes < 1:
+            raise ValueError(f"train_judge.processes must be at least 1, got {self.processes}")
 
     def fingerprint(self, **extra) -> str:
         """Identifies a run, so a checkpoint resumes only the run that wrote it."""
@@ -244,12 +250,25 @@ def train(
     ckpt_dir: Path | None = None,
     log: Callable[[int, dict], None] | None = None,
 ) -> list[dict]:
-    """Fine-tune ``judge`` in place; returns the per-step history of logged metrics."""
+    """Fine-tune ``judge`` in place; returns the per-step history of logged metrics.
+
+    Under several processes (``onereward.launch``, ``accelerate launch``) every process reads the
+    same batches and trains on its share of each batch's pairs through DDP; the logged loss is the
+    mean over all processes, and the main process alone logs and writes checkpoints.
+    """
+    from accelerate import Accelerator
+
     seed_everything(cfg.seed)
+    acc = Accelerator(cpu=judge.device.type == "cpu")
+    world, rank = acc.num_processes, acc.process_index
+    pairs_per_batch = max(1, cfg.batch_size // 2)
+    if pairs_per_batch % world:
+        raise ValueError(f"train_judge: {pairs_per_batch} pairs per batch do not split over {world} processes")
     params = make_trainable(judge, cfg)
+    runner = acc.prepare_model(judge.model)  # DDP over several processes, the model itself over one
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
-    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=rows_digest)
+    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=rows_digest, world=world)
     start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0
     judge.model.train()
     stream = batch_stream(inputs_fn, train_rows, cfg, judge.resolution)
@@ -257,17 +276,20 @@ def train(
         next(stream)
     history: list[dict] = []
     losses: list[float] = []
-    bar = tqdm(range(start, cfg.steps), desc="train_judge", unit="step", initial=start, total=cfg.steps)
+    bar = tqdm(range(start, cfg.steps), desc="train_judge", unit="step", initial=start, total=cfg.steps,
+               disable=not acc.is_main_process)
     for step in bar:
-        first, second, queries, label = stack(next(stream))
+        batch = next(stream)
+        mine = [e for k in range(rank * 2, len(batch), world * 2) for e in batch[k : k + 2]]  # whole pairs
+        first, second, queries, label = stack(mine)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss = eq3_loss(judge.margin(first, second, queries), label)
+        loss = eq3_loss(judge.margin(first, second, queries, model=runner), label)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP averages the gradients over the processes here
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        losses.append(loss.item())
+        losses.append(float(acc.reduce(loss.detach(), reduction="mean")) if world > 1 else loss.item())
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -280,10 +302,12 @@ def train(
                 for task, dims in s["cells"].items():
                     metrics.update({f"val_cell_accuracy/{task}/{dim}": c["accuracy"] for dim, c in dims.items()})
             history.append({"step": done, **metrics})
-            if log:
+            if log and acc.is_main_process:
                 log(done, metrics)
         if ckpt_dir and (done % cfg.checkpoint_every == 0 or done == cfg.steps):
-            save_checkpoint(ckpt_dir / "latest", done, fingerprint, judge, opt)
+            if acc.is_main_process:
+                save_checkpoint(ckpt_dir / "latest", done, fingerprint, judge, opt)
+            acc.wait_for_everyone()
     judge.model.eval()
     return history
 

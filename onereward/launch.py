@@ -1,0 +1,45 @@
+"""Start a stage's training function in several local processes, as ``torchrun`` would.
+
+A stage with ``processes: N`` calls :func:`data_parallel`. Started by a launcher already
+(``accelerate launch``, ``torchrun``: ``WORLD_SIZE`` is set) or with N = 1 it just runs the
+function; otherwise it starts N processes on this machine through torch's elastic launcher
+(rendezvous on 127.0.0.1), each of which finds its rank the usual way. The children inherit the
+environment, so CPU numerics pinned from params (``onereward.numerics``) hold in every one.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any, Callable
+
+
+def launched() -> bool:
+    """Whether a launcher started this process as one of several."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_parallel(fn: Callable[..., Any], processes: int, *args) -> Any:
+    """Run ``fn(*args)`` in ``processes`` local processes (or in this one; see the module docstring).
+
+    ``fn`` must be importable by name (a module-level function). Returns rank 0's result.
+    """
+    if processes < 1:
+        raise ValueError(f"processes must be at least 1, got {processes}")
+    if processes == 1 or launched():
+        return fn(*args)
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    config = LaunchConfig(
+        min_nodes=1, max_nodes=1, nproc_per_node=processes, run_id=uuid.uuid4().hex,
+        rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
+        monitor_interval=0.5, start_method="spawn",
+    )
+    return elastic_launch(config, fn)(*args)[0]
