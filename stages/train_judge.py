@@ -45,9 +45,10 @@ def run() -> None:
     base = meta.base if meta and meta.base else str(BASE)
 
     def inputs(split: str, shuffle: bool, seed: int):
-        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed)
+        # every process reads every batch and trains on its share of the pairs
+        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed, by_process=False)
 
-    main_process = PartialState().is_main_process
+    main_process = PartialState(cpu=profile.device == "cpu").is_main_process  # cpu: gloo over processes
     # dvcyaml=None: dvc.yaml is written by people, not by the logger
     with (Live(str(LIVE), dvcyaml=None, save_dvc_exp=False, report=None) if main_process else nullcontext()) as live:
 

@@ -95,14 +95,20 @@ def decode_input(sample: dict) -> dict:
     }
 
 
+def _every_shard(urls):
+    return urls
+
+
 def input_dataset(
     shards_dir: str | Path, split: str, shuffle: bool = False, seed: int = 0, buffer: int = 256,
-    skips: SkippedSamples | None = None,
+    skips: SkippedSamples | None = None, by_process: bool = True,
 ) -> wds.WebDataset:
     """One dict per input: key, task, prompt, tags, labels, source, mask, candidates,
     ground_truth and content (both None when the record has none; evaluation only).
 
     Samples that do not decode are skipped and recorded in ``skips`` (default :data:`SKIPPED`).
+    ``by_process``: under several processes each reads its share of the shards; ``False``: every
+    process reads all of them (data-parallel judge training splits each batch instead).
     """
     skips = SKIPPED if skips is None else skips
     urls = shard_urls(shards_dir, split)
@@ -111,7 +117,7 @@ def input_dataset(
         shardshuffle=len(urls) if shuffle else False,
         detshuffle=True,
         seed=seed,
-        nodesplitter=wds.split_by_node,
+        nodesplitter=wds.split_by_node if by_process else _every_shard,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a node or worker may legitimately get no shard of a tiny split
         handler=skips,  # a damaged tar member: skipped like an undecodable image
