@@ -13,8 +13,10 @@ GPU, by component:
   optimiser state, EMA and reference over them (FSDP), plus a working set of two gathered
   blocks in bf16 and one unsharded fp32 block gradient; LoRA keeps a full copy per process.
 - gradients: one per trained weight, in its dtype. Optimiser: AdamW, two states per trained
-  weight in its dtype. EMA and reference (Alg. 1): one fp32 copy of the trained weights each
-  (Alg. 2's reference is the EMA). ``--offload`` moves them, or the text encoders, to host memory.
+  weight in its dtype. EMA: one fp32 copy of the trained weights; Alg. 1's reference: none
+  under LoRA (adapters off), the base in bf16 under full fine-tuning (Alg. 2's reference is the
+  EMA). ``--offload`` or train_policy's ``ema_device: cpu`` / ``offload_text_encoders`` move them,
+  or the text encoders, to host memory.
 - activations (bf16, memory-efficient attention, so no tokens^2 term): a layer keeps
   ``c x tokens x width`` bytes for its backward, with ``c`` from :data:`ACTIVATION_BYTES`;
   with gradient checkpointing every layer keeps only its input (``2 x tokens x width``) and
@@ -255,7 +257,10 @@ def policy_setting(sizes: Sizes, cfg, finetune: str, gpus: int, resolution: int,
         Item("gradients", trained * FP32 / shard),
         Item("optimiser (AdamW)", 2 * trained * FP32 / shard),
         _placed("EMA", trained * FP32 / shard, offload, "ema"),
-        _placed("reference", trained * FP32 / shard if cfg.algorithm == "reference_ema" else 0, offload, "reference"),
+        # Alg. 1's frozen reference: LoRA switches the adapters off (no copy); full fine-tuning
+        # keeps the base's trained tensors in the model's dtype (onereward/rl/ema.py)
+        _placed("reference", trained * BF16 / shard if cfg.algorithm == "reference_ema" and not lora else 0,
+                offload, "reference"),
         Item("VAE", sizes.vae * BF16),
         _placed("text encoders", (sizes.clip + sizes.t5) * BF16, offload, "text_encoders"),
         Item("judge (frozen)", sizes.judge * BF16),
@@ -324,6 +329,12 @@ class Plan:
     judge: list[Setting]
 
 
+def offloaded_by(cfg) -> set[str]:
+    """What train_policy's own params keep in host memory (``ema_device``, ``offload_text_encoders``)."""
+    return ({"ema", "reference"} if cfg.ema_device == "cpu" else set()) | (
+        {"text_encoders"} if cfg.offload_text_encoders else set())
+
+
 def make_plan(params: dict, gpus: int = 1, resolution: int = 512, capacity_gib: float = 80.0,
               offload: set[str] = frozenset(), profile: str = "real") -> Plan:
     """The plan for ``params`` (loaded params.yaml) as ``profile`` sees its sections."""
@@ -340,6 +351,7 @@ def make_plan(params: dict, gpus: int = 1, resolution: int = 512, capacity_gib: 
     if unknown:
         raise ParamsError(f"--offload: unknown component(s) {unknown}; known: {list(OFFLOADABLE)}")
     policy_cfg = from_dict(TrainPolicyConfig, merged_section("train_policy", profile, params), ".train_policy")
+    offload = set(offload) | offloaded_by(policy_cfg)
     judge_cfg = from_dict(TrainJudgeConfig, merged_section("train_judge", profile, params), ".train_judge")
     judge_resolution = int(merged_section("judge_base", profile, params).get("resolution", 448))
     sizes = real_sizes(policy_cfg.lora.target_modules, policy_cfg.lora.rank, judge_cfg.lora_targets, judge_cfg.lora_rank)

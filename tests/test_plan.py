@@ -108,7 +108,9 @@ def test_policy_weights_gradients_and_adamw_bytes_match_a_tiny_run(finetune):
     cfg = dataclasses.replace(TrainPolicyConfig(), finetune=finetune, lora=lora)
     items = _items(plan.policy_setting(sizes, cfg, finetune, 1, 64, 56))
     assert (items["policy weights"], items["gradients"], items["optimiser (AdamW)"]) == (weights, grads, adam)
-    assert items["EMA"] == items["reference"] == grads  # one fp32 copy of what is trained each
+    assert items["EMA"] == grads  # one fp32 copy of what is trained (rl/ema.py Snapshot)
+    # Alg. 1's reference: LoRA switches the adapters off (no copy); full keeps the base in bf16
+    assert items["reference"] == (0 if finetune == "lora" else grads / 2)
 
 
 def _tiny_judge(layers=1, depth=1):
