@@ -107,6 +107,15 @@ def _corrupt_stream_png() -> bytes:
 # -- sizes and decoders -----------------------------------------------------------------------
 
 
+def test_a_side_that_is_not_a_multiple_of_16_is_quarantined(tmp_path):
+    odd = lambda root, name: _save(root, f"img/bad/{name}.png", Image.new("RGB", (24, 16)))  # noqa: E731
+    mask = lambda root: _save(root, "img/bad/mask.png", Image.new("L", (24, 16), 255))  # noqa: E731
+    stats, quarantine = _one(tmp_path, source=lambda r: odd(r, "source"), mask=mask,
+                             candidates=lambda r: [odd(r, "c0"), odd(r, "c1")])
+    assert stats["accepted"] == 1 and [q["reason"] for q in quarantine] == ["size_not_multiple_of_16"]
+    assert "24x16" in quarantine[0]["message"]
+
+
 def test_decompression_bomb_header_is_quarantined_not_a_crash(tmp_path):
     stats, quarantine = _one(tmp_path, source=lambda root: _write(root, "img/bad/bomb.png", bomb_png()))
     assert stats["accepted"] == 1
@@ -410,6 +419,7 @@ def test_judge_scoring_leaves_out_skipped_inputs_and_still_refuses_missing_ones(
 
     class FakeJudge:  # P(Yes) = 0.9 for every query: the scoring path without a model
         model = torch.nn.Linear(1, 1)
+        resolution = 16  # the judge's input side: candidates are resized to it once
 
         def p_yes(self, first, second, queries):
             return torch.full((len(queries),), 0.9)

@@ -65,6 +65,20 @@ def _resized_mask(root: Path, rec: dict, bad_id: str) -> str:
     return _line(_with(rec, bad_id, mask=rel))
 
 
+def _odd_size(root: Path, rec: dict, bad_id: str) -> str:
+    """Every image cropped 8 px narrower: sizes agree, but not with FLUX's multiple of 16."""
+    def crop(rel: str, name: str) -> str:
+        img = Image.open(root / rel)
+        out = f"images/{bad_id}/{name}.png"
+        (root / out).parent.mkdir(parents=True, exist_ok=True)
+        img.crop((0, 0, img.width - 8, img.height)).save(root / out)
+        return out
+
+    return _line(_with(rec, bad_id, source=crop(rec["source"], "source"), mask=crop(rec["mask"], "mask"),
+                       candidates=[crop(c, f"cand_{i}") for i, c in enumerate(rec["candidates"])],
+                       **({"ground_truth": crop(rec["ground_truth"], "ground_truth")} if rec.get("ground_truth") else {})))
+
+
 def _blank_mask(root: Path, rec: dict, bad_id: str) -> str:
     mask = Image.open(root / rec["mask"])
     rel = f"images/{bad_id}/mask.png"
@@ -159,9 +173,10 @@ MAKERS: dict[str, Callable[[Path, dict, str], str]] = {
     "transparent_image": _transparent,
     "ground_truth_size_mismatch": _small_ground_truth,
     "invalid_encoding": _not_utf8,
+    "size_not_multiple_of_16": _odd_size,
 }
 _NEWER = ("not_a_file", "image_too_large", "unsupported_image", "transparent_image",
-          "ground_truth_size_mismatch", "invalid_encoding")
+          "ground_truth_size_mismatch", "invalid_encoding", "size_not_multiple_of_16")
 """Cycled after the first reasons, so a data set's first bad records keep their reasons when
 reasons are added. ``unreadable_file`` (a symbolic-link loop) is for tests only: DVC would
 not track it."""

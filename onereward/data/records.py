@@ -55,6 +55,7 @@ REASONS: dict[str, str] = {
     "candidate_size_mismatch": "a candidate's size differs from the source image's",
     "ground_truth_size_mismatch": "the ground-truth image's size differs from the source image's",
     "empty_mask": "the mask marks no pixel to generate",
+    "size_not_multiple_of_16": "the source's width or height is not a multiple of 16 (FLUX.1-Fill packs 2x2 patches of its 8x VAE latents)",
     "invalid_encoding": "the line is not valid UTF-8",
 }
 
@@ -374,6 +375,11 @@ def validate(obj: dict, line: int, root: Path, seen_ids: set[str], limits: Image
     return load_images(obj, line, root, limits)
 
 
+SIZE_MULTIPLE = 16
+"""Every side of an input must be a multiple of this: the VAE downsamples 8x and the FLUX
+transformer packs 2x2 latent patches."""
+
+
 def load_images(obj: dict, line: int, root: Path, limits: ImageLimits = ImageLimits()) -> Record:
     """Read and check the images of a record that passed :func:`check_structure`."""
     rid = obj["id"]
@@ -389,6 +395,9 @@ def load_images(obj: dict, line: int, root: Path, limits: ImageLimits = ImageLim
             raise RecordError("candidate_size_mismatch", f"candidate {i} {cand.size} vs source {source.size}", rid, line)
     if truth is not None and truth.size != source.size:
         raise RecordError("ground_truth_size_mismatch", f"ground truth {truth.size} vs source {source.size}", rid, line)
+    if source.size[0] % SIZE_MULTIPLE or source.size[1] % SIZE_MULTIPLE:
+        raise RecordError("size_not_multiple_of_16", f"source is {source.size[0]}x{source.size[1]}; crop or pad it "
+                          f"to a multiple of {SIZE_MULTIPLE} (nothing is resized for you)", rid, line)
     if not (np.asarray(mask_img.convert("L")) > 127).any():
         raise RecordError("empty_mask", "no mask pixel is above 127 (white = region to generate)", rid, line)
     return Record(
