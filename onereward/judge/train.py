@@ -15,6 +15,7 @@ import json
 import math
 import random
 import shutil
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -265,6 +266,13 @@ def train(
     if pairs_per_batch % world:
         raise ValueError(f"train_judge: {pairs_per_batch} pairs per batch do not split over {world} processes")
     params = make_trainable(judge, cfg)
+    # fp32 masters for what is trained when the model is in bf16/fp16: AdamW's steps at the
+    # paper's lr 1e-6 are far below bf16's resolution and would round to nothing
+    weight_dtype = judge.model.dtype
+    mixed = weight_dtype != torch.float32
+    for p in params:
+        p.data = p.data.float()
+    amp = (lambda: torch.autocast(judge.device.type, dtype=weight_dtype)) if mixed else nullcontext  # noqa: E731
     runner = acc.prepare_model(judge.model)  # DDP over several processes, the model itself over one
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
@@ -284,7 +292,8 @@ def train(
         first, second, queries, label = stack(mine)
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
-        loss = eq3_loss(judge.margin(first, second, queries, model=runner), label)
+        with amp():
+            loss = eq3_loss(judge.margin(first, second, queries, model=runner), label)
         opt.zero_grad(set_to_none=True)
         loss.backward()  # DDP averages the gradients over the processes here
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
@@ -296,7 +305,8 @@ def train(
             metrics = {"loss": sum(losses) / len(losses), "lr": lr_at(step, cfg)}
             losses = []
             if val_rows:
-                p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val")
+                with amp():
+                    p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val")
                 s = summarize(pair_results(val_rows, p))
                 metrics.update({"val_accuracy": s["pair_accuracy"], "val_mean_accuracy": s["mean_accuracy"]})
                 for task, dims in s["cells"].items():
@@ -308,6 +318,8 @@ def train(
             if acc.is_main_process:
                 save_checkpoint(ckpt_dir / "latest", done, fingerprint, judge, opt)
             acc.wait_for_everyone()
+    for p in params:  # the trained judge in the model's own dtype, as it was loaded
+        p.data = p.data.to(weight_dtype)
     judge.model.eval()
     return history
 
