@@ -1,7 +1,7 @@
 """Alg. 1 beside Alg. 2 (or any runs of the pipeline), rater-scored, as the paper compares them.
 
 Each run's ``reports/eval_metrics.json`` is read at a git revision or DVC experiment name
-(``dvc.api.read``), so a variant made with ``dvc exp run -n alg2 -S train_policy.algorithm=dynamic``
+(``dvc.api.read``), so a variant made with ``dvc exp run --temp -n alg2 -S train_policy.algorithm=dynamic``
 is compared with the workspace without applying it::
 
     python -m onereward.eval.compare workspace alg2 --labels "Alg. 1" "Alg. 2" -o reports/algorithms.md
