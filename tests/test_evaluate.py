@@ -166,3 +166,13 @@ def test_wilson_interval():
     assert lo == pytest.approx(0.4038, abs=1e-3) and hi == pytest.approx(0.5962, abs=1e-3)
     m, lo, hi = mean_ci([1.0, 1.0, 1.0])
     assert m == lo == hi == 1.0
+
+
+def test_the_rater_verdict_follows_the_intervals():
+    from onereward.eval.report import verdict
+
+    rated = {"fill": {"good_minus_bad": [20.0, 5.0, 35.0]}, "extend_prompt": {"good_minus_bad": [-10.0, -30.0, 10.0]},
+             "removal": {"good_minus_bad": [-25.0, -40.0, -10.0]}}
+    text = verdict(rated)
+    assert "better in image fill;" in text and "worse in object removal;" in text
+    assert "undecided in image extend with prompt**" in text

@@ -128,6 +128,19 @@ TINY_LIMITS = (
 )
 
 
+def verdict(rated: dict) -> str:
+    """One sentence from the intervals: where the tuned model is better or worse than its base by the
+    rater beyond the 95% interval, and where the interval cannot tell."""
+    groups: dict[str, list[str]] = {"better": [], "worse": [], "undecided": []}
+    for name, s in EVAL_SETTINGS.items():
+        if name in rated:
+            _, low, high = rated[name]["good_minus_bad"]
+            groups["better" if low > 0 else "worse" if high < 0 else "undecided"].append(s.title)
+    parts = [f"{k} in {', '.join(v)}" for k, v in groups.items() if v]
+    return ("**By the rater, beyond the 95% interval of good - bad, the tuned model is " + "; ".join(parts)
+            + "** (\"undecided\": the interval contains 0). The paper's human raters put Good above Bad in every setting (Figure 7).")
+
+
 def rated_tables(metrics: dict, run: dict) -> list[str]:
     """The rater-scored Figure 7 and Table 2, the checks on the rater and the judge-rater agreement."""
     rated = {n: metrics[n]["rater"] for n in EVAL_SETTINGS if metrics[n].get("rater")}
@@ -151,6 +164,7 @@ def rated_tables(metrics: dict, run: dict) -> list[str]:
         out.append(f"| {s.title} | {r['n']} | {_gsb_cell([g[o] for o in OUTCOMES])} | "
                    f"{ci['good'][0]:.1f}-{ci['good'][1]:.1f}; {ci['bad'][0]:.1f}-{ci['bad'][1]:.1f} | "
                    f"{_ci(r['good_minus_bad'])} | {_gsb_cell(PAPER_GSB.get(name))} | {judge} |")
+    out += ["", verdict(rated)]
     out += [
         "",
         f"How: the rater scores each output against the input's ground truth on every dimension of its task "
