@@ -75,7 +75,7 @@ def test_every_section_is_checked_at_once() -> None:
         (("synthesize", "num_inputs"), "abc", r"params\.synthesize\.num_inputs: expected an integer, got str 'abc'"),
         (("evaluate", "gsb_margin"), 0.7, r"params\.evaluate: evaluate\.gsb_margin must be in \[0, 0\.5\)"),
         (("train_judge", "per_profile", "tiny", "steps"), "many", r"params\.train_judge\.steps: expected an integer"),
-        (("train_policy", "lora", "rank"), 1.5, r"params\.train_policy\.lora\.rank: expected an integer"),
+        (("train_policy", "per_profile", "tiny", "lora", "rank"), 1.5, r"params\.train_policy\.lora\.rank: expected an integer"),
         (("shard", "strictly"), True, r"params\.shard: unknown key\(s\) \['strictly'\]"),
     ]
     for path, value, message in cases:
