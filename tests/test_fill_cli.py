@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -169,8 +170,10 @@ def test_removal_ignores_the_prompt(capsys, files, model_dir, tmp_path):
 
 
 def test_console_script_runs_the_tiny_model(files, model_dir, tmp_path):
-    exe = shutil.which("onereward")
-    cmd = [exe] if exe else [sys.executable, "-m", "onereward.cli"]
+    # the script pip installed beside this interpreter (another one on PATH may belong to another Python)
+    exe = shutil.which("onereward", path=str(Path(sys.executable).parent))
+    assert exe, "pip install -e . puts the onereward console script beside the interpreter"
+    cmd = [exe]
     out = tmp_path / "out.png"
     proc = subprocess.run([*cmd, "fill", "--image", str(files / "image.png"), "--mask", str(files / "mask.png"),
                            "--task", "extend", "--output", str(out), "--model", str(model_dir), "--steps", "2"],
