@@ -172,7 +172,7 @@ def test_the_rater_verdict_follows_the_intervals():
     from onereward.eval.report import verdict
 
     rated = {"fill": {"good_minus_bad": [20.0, 5.0, 35.0]}, "extend_prompt": {"good_minus_bad": [-10.0, -30.0, 10.0]},
-             "removal": {"good_minus_bad": [-25.0, -40.0, -10.0]}}
+             "removal": {"good_minus_bad": [-25.0, -40.0, -10.0]}, "fill_text": {"good_minus_bad": [100.0, None, None]}}
     text = verdict(rated)
     assert "better in image fill;" in text and "worse in object removal;" in text
-    assert "undecided in image extend with prompt**" in text
+    assert "undecided in image fill: text rendering, image extend with prompt**" in text

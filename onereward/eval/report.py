@@ -135,7 +135,8 @@ def verdict(rated: dict) -> str:
     for name, s in EVAL_SETTINGS.items():
         if name in rated:
             _, low, high = rated[name]["good_minus_bad"]
-            groups["better" if low > 0 else "worse" if high < 0 else "undecided"].append(s.title)
+            known = low is not None and high is not None  # too few inputs for an interval: undecided
+            groups["better" if known and low > 0 else "worse" if known and high < 0 else "undecided"].append(s.title)
     parts = [f"{k} in {', '.join(v)}" for k, v in groups.items() if v]
     return ("**By the rater, beyond the 95% interval of good - bad, the tuned model is " + "; ".join(parts)
             + "** (\"undecided\": the interval contains 0). The paper's human raters put Good above Bad in every setting (Figure 7).")
