@@ -27,7 +27,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from onereward.io import dumps_json
+from onereward.io import canonical_safetensors, dumps_json
 
 WEIGHTS = ("ema", "live")
 LORA_FILE = "pytorch_lora_weights.safetensors"
@@ -108,6 +108,7 @@ def write_lora(tuned: Tuned, dest: Path) -> None:
     layers = {k.removeprefix("transformer."): v for k, v in state.items()}
     FluxFillPipeline.save_lora_weights(dest, transformer_lora_layers=layers,
                                        transformer_lora_adapter_metadata=tuned.lora_config)
+    canonical_safetensors(Path(dest) / LORA_FILE)  # same bytes in every process
 
 
 def tuned_transformer(base: str, tuned: Tuned, lora_dir: Path | None, dtype: torch.dtype):

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from onereward.config import Profile
 from onereward.data.reader import SKIPPED
-from onereward.io import atomic_path, dumps_json
+from onereward.io import atomic_path, canonical_safetensors, dumps_json
 from onereward.policy.adapter import DTYPES, FillPolicy
 from onereward.policy.known import GenerationConfig
 from onereward.rl import checkpoint as ckpt_mod
@@ -385,6 +385,7 @@ def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_
             for name, state in (("lora", None), ("lora_ema", full)):
                 FluxFillPipeline.save_lora_weights(tmp / name, transformer_lora_layers=get_peft_model_state_dict(tr, state_dict=state),
                                                    transformer_lora_adapter_metadata=meta)
+                canonical_safetensors(tmp / name / "pytorch_lora_weights.safetensors")  # same bytes in every process
         else:
             tr.save_pretrained(tmp / "transformer", safe_serialization=True)
             live = {n: p.detach().clone() for n, p in trainable_state(tr).items()}
