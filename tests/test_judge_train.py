@@ -1,6 +1,7 @@
 """Judge training: Eq. 3, LoRA and full fine-tuning, stock-peft reload, checkpoints and resume."""
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -190,7 +191,7 @@ def test_two_processes_train_the_judge_as_one_does(base, tmp_path):
     for n in (1, 2):
         run = subprocess.run([sys.executable, "-c", code.format(tests=str(Path(__file__).parent), n=n, base=str(base),
                                                                out=str(tmp_path / f"p{n}"))],
-                             capture_output=True, text=True, timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+                             capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
         assert run.returncode == 0, run.stderr[-3000:]
     one, two = (json.loads((tmp_path / f"p{n}" / "history.json").read_text()) for n in (1, 2))
     assert [h["step"] for h in one] == [h["step"] for h in two] == [3, 6]
