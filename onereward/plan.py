@@ -261,6 +261,9 @@ def policy_setting(sizes: Sizes, cfg, finetune: str, gpus: int, resolution: int,
         # keeps the base's trained tensors in the model's dtype (onereward/rl/ema.py)
         _placed("reference", trained * BF16 / shard if cfg.algorithm == "reference_ema" and not lora else 0,
                 offload, "reference"),
+        # while a snapshot runs, the live trained tensors (full FT: its shards) are set aside in
+        # fp32 (ema.Snapshot.bind); LoRA's Alg. 1 reference switches adapters off instead
+        Item("snapshot in use (transient)", 0 if lora and cfg.algorithm == "reference_ema" else trained * FP32 / shard),
         Item("VAE", sizes.vae * BF16),
         _placed("text encoders", (sizes.clip + sizes.t5) * BF16, offload, "text_encoders"),
         Item("judge (frozen)", sizes.judge * BF16),

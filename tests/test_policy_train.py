@@ -155,7 +155,7 @@ def test_ddp_two_cpu_processes(world, tmp_path):
 
 
 def test_reward_hacking_is_flagged_when_reward_rises_and_the_rater_falls():
-    from onereward.rl.trainer import hacking_signs
+    from onereward.rl.validation import hacking_signs
 
     first = {"reward": 0.5, "fill": 0.5, "removal": 0.5, "rater": 0.6, "rater_fill": 0.6, "rater_removal": 0.6}
     honest = {"reward": 0.6, "fill": 0.6, "removal": 0.6, "rater": 0.65, "rater_fill": 0.65, "rater_removal": 0.65}

@@ -108,7 +108,7 @@ def _policy_checkpoint(root: Path) -> tuple[Checkpointer, Path, torch.optim.Opti
     model, opt = _trained_adamw()
     ck = Checkpointer(root, "fp", OneProcess())
     weights = dict(model.named_parameters())
-    path = ck.save(2, weights, weights, opt, {"k|0": torch.ones(2)}, None, extra={"val": [{"step": 2}]})
+    path = ck.save(2, weights, weights, opt.state_dict(), {"k|0": torch.ones(2)}, None, extra={"val": [{"step": 2}]})
     return ck, path, opt
 
 
@@ -116,10 +116,22 @@ def test_policy_checkpoint_resumes_from_safetensors_and_json_only(tmp_path):
     ck, path, opt = _policy_checkpoint(tmp_path / "ckpt")
     assert {f.suffix for f in path.iterdir()} == {".json", ".safetensors"}
     opt2 = _trained_adamw(steps=0)[1]
-    state = ck.load(ck.latest(), opt2)
+    state = ck.load(ck.latest())
+    opt2.load_state_dict(state["optimizer"])
     assert state["step"] == 2 and state["extra"] == {"val": [{"step": 2}]}
     assert torch.equal(state["refcache"]["k|0"], torch.ones(2))
     assert opt2.state_dict()["param_groups"] == opt.state_dict()["param_groups"]
+
+
+def test_a_checkpoint_of_another_process_count_is_kept_and_named_not_resumed(tmp_path):
+    _, path, _ = _policy_checkpoint(tmp_path / "ckpt")
+    two = OneProcess()
+    two.num_processes = 2
+    ck = Checkpointer(tmp_path / "ckpt", "fp", two)
+    ck.clear_stale()
+    with pytest.raises(RuntimeError, match=r"step-000002 \(step 2\) was written by 1 process\(es\) and this run has 2"):
+        ck.latest()
+    assert (path / "meta.json").is_file(), "the other run's checkpoint must not be deleted"
 
 
 @pytest.mark.parametrize("name", ["optimizer.pt", "rng-rank0.pt", "dvclive/metrics.json"])
@@ -129,7 +141,7 @@ def test_policy_resume_refuses_a_planted_pickle(tmp_path, name):
     (path / name).parent.mkdir(exist_ok=True)
     (path / name).write_bytes(planted(marker))
     with pytest.raises(train_state.UnsafeCheckpoint, match=rf"refusing to resume: {re.escape(str(Path(name)))} "):
-        ck.load(ck.latest(), _trained_adamw(steps=0)[1])
+        ck.load(ck.latest())
     assert not marker.exists()
 
 
@@ -143,7 +155,7 @@ def test_policy_resume_refuses_an_old_format_checkpoint(tmp_path):
         (path / f"{stem}.pt").write_bytes(planted(marker))
     assert ck.latest() == path  # settings match: it would be resumed
     with pytest.raises(train_state.UnsafeCheckpoint, match="older versions"):
-        ck.load(path, _trained_adamw(steps=0)[1])
+        ck.load(path)
     assert not marker.exists()
 
 

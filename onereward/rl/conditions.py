@@ -124,7 +124,10 @@ class Draw:
 
 
 def draw(conds: ConditionSet, seed: int, step: int, rank: int, batch_size: int,
-         reference_seeds: int, t_range: tuple[int, int], task_weights: dict[str, float]) -> Draw:
+         reference_seeds: int, t_range: tuple[int, int], task_weights: dict[str, float],
+         same_t: bool = False) -> Draw:
+    """Step ``step``'s draw for process ``rank``; ``same_t``: t is the same on every process
+    (sharded runs, where every process must make the same number of transformer calls)."""
     rng = np.random.default_rng([seed, step, rank])
     weights = {t: w for t, w in task_weights.items() if w > 0 and len(conds.indices_of(t))}
     if not weights:
@@ -136,5 +139,5 @@ def draw(conds: ConditionSet, seed: int, step: int, rank: int, batch_size: int,
     index = rng.choice(pool, size=batch_size, replace=len(pool) < batch_size).tolist()
     ref = [key_seed(conds.keys[i]) * 16 + int(rng.integers(reference_seeds)) for i in index]
     pol = [int(s) for s in rng.integers(0, 2**31 - 1, size=batch_size)]
-    t = int(rng.integers(t_range[0], t_range[1] + 1))
+    t = int((np.random.default_rng([seed, step]) if same_t else rng).integers(t_range[0], t_range[1] + 1))
     return Draw(task, index, ref, pol, t)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from onereward.rl.sharding import PARALLEL
 from onereward.tasks import TASKS, rl_task_weights
 
 ALGORITHMS = ("reference_ema", "dynamic")
@@ -71,6 +72,10 @@ class TrainPolicyConfig:
     """'full' or 'lora'."""
     lora: LoraSpec = field(default_factory=LoraSpec)
     """LoRA settings (when ``finetune: lora``)."""
+    parallel: str = "ddp"
+    """How several processes (``accelerate launch``) share the work: 'ddp', every process a
+    whole replica; 'fsdp', full fine-tuning with the transformer, its optimiser state, the EMA
+    and the reference sharded over the processes (FSDP2, ``onereward.rl.sharding``)."""
     ema_device: str = "accelerator"
     """Where the EMA and (full fine-tuning) the frozen reference live: 'accelerator' or 'cpu'
     (off the accelerator; each use copies them over for the call, each step's EMA update copies
@@ -103,6 +108,11 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.finetune not in ("full", "lora"):
             raise ValueError(f"train_policy.finetune must be 'full' or 'lora', got {self.finetune!r}")
+        if self.parallel not in PARALLEL:
+            raise ValueError(f"train_policy.parallel must be one of {PARALLEL}, got {self.parallel!r}")
+        if self.parallel == "fsdp" and self.finetune != "full":
+            raise ValueError("train_policy.parallel: fsdp shards full fine-tuning; LoRA fits one GPU per process "
+                             "(use parallel: ddp)")
         t1, t2 = self.t_range
         if not 0 <= t1 <= t2 < self.num_inference_steps:
             raise ValueError(f"train_policy.t_range {self.t_range} must satisfy 0 <= t1 <= t2 < num_inference_steps")

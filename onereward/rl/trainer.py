@@ -1,8 +1,9 @@
 """The OneReward training loop (Alg. 1 and Alg. 2): sample -> reward -> optimize -> EMA.
 
-Runs alone or under ``accelerate launch`` (DDP; FSDP config shipped for GPUs). Every process
-draws its own conditions from (seed, step, rank); the main process validates, logs (step
-metrics averaged over all processes) and saves.
+Runs alone or under ``accelerate launch``: DDP, or full fine-tuning sharded with FSDP2
+(``parallel: fsdp``, ``onereward.rl.sharding``). Every process draws its own conditions from
+(seed, step, rank); the main process logs (step metrics averaged over all processes) and saves,
+and validates (every process takes part when sharded: each forward is a collective).
 
 Memory: only trained tensors are fp32 (frozen weights stay in the profile's dtype); the EMA and
 the reference hold only trained tensors, optionally on the CPU (``ema_device``), and under LoRA
@@ -30,11 +31,14 @@ from onereward.io import atomic_path, canonical_safetensors, dumps_json
 from onereward.policy.adapter import DTYPES, FillPolicy
 from onereward.policy.known import GenerationConfig
 from onereward.rl import checkpoint as ckpt_mod
-from onereward.rl.conditions import ConditionSet, draw, key_seed, load_conditions, validation_subset
+from onereward.rl.conditions import draw, load_conditions, validation_subset
 from onereward.rl.config import TrainPolicyConfig
-from onereward.rl.ema import Snapshot, base_reference, trainable_state
+from onereward.rl.ema import Snapshot, base_reference, load_trainable, trainable_state, whole_trainable
 from onereward.rl.judging import checkpoint_layers
 from onereward.rl.rollout import Rollouts, capped_loss, judge_rewards
+from onereward.rl.sharding import (full, load_optimizer_state, optimizer_state, save_pretrained_whole,
+                                   shard_transformer, whole_state_dict)
+from onereward.rl.validation import Validator, hacking_signs, save_grid
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,10 @@ class Paths:
     """Validation reward curve (DVC plot) and final metrics."""
 
 
-def fingerprint(cfg: TrainPolicyConfig, profile: Profile, world_size: int,
-                generation: GenerationConfig = GenerationConfig()) -> str:
-    """Checkpoints resume only into a run with the same settings."""
-    blob = json.dumps({"cfg": cfg.to_dict(), "profile": profile.__dict__, "world": world_size,
+def fingerprint(cfg: TrainPolicyConfig, profile: Profile, generation: GenerationConfig = GenerationConfig()) -> str:
+    """Checkpoints resume only into a run with the same settings (the process count is checked
+    apart, with a message: ``Checkpointer.latest``)."""
+    blob = json.dumps({"cfg": cfg.to_dict(), "profile": profile.__dict__,
                        "generation": generation.__dict__}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -111,76 +115,6 @@ def step_metrics(acc: Accelerator, loss: torch.Tensor, rewards, batch: int) -> d
     return out
 
 
-HACKING_MARGIN = 0.01
-"""Reward up and rater down by more than this (against step 0) is flagged as reward hacking."""
-
-
-class Validator:
-    """On fixed validation conditions and noises: the judge's reward P(Yes | policy, frozen base)
-    (what RL optimises) and, beside it, the ground-truth rater's score of the policy's images
-    (onereward.scoring.rater; never a training signal), per task and dimension."""
-
-    def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
-        from onereward.scoring import build_scorer
-
-        self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
-        self.rater = build_scorer("rater") if conds.truths is not None else None
-        self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
-        self.base_rating = self.rate(self.base)
-        self.last: torch.Tensor | None = None
-
-    def _images(self, seeds, model) -> torch.Tensor:
-        out = []
-        for s in range(0, len(self.conds), self.batch):
-            idx = list(range(s, min(s + self.batch, len(self.conds))))
-            images, masks = self.conds.tensors(idx, self.device)
-            out.append(self.rollouts.sample(images, masks, self.conds.generation_prompts(idx), [seeds[i] for i in idx], model))
-        return torch.cat(out)
-
-    @torch.no_grad()
-    def rate(self, images: torch.Tensor) -> dict[str, float]:
-        """Mean rater score per task and dimension (``rater_<task>_<dim>``), per task and overall."""
-        if self.rater is None:
-            return {}
-        idx = list(range(len(self.conds)))
-        out = self.rater(images.float().cpu(), **self.conds.rater_fields(idx, "cpu"))
-        rows = {}
-        for task in sorted(set(self.conds.tasks)):
-            sel = [i for i, t in enumerate(self.conds.tasks) if t == task]
-            for dim, v in out.scores.items():
-                vals = v[sel]
-                if not torch.isnan(vals).all():
-                    rows[f"rater_{task}_{dim}"] = float(vals.nanmean())
-            rows[f"rater_{task}"] = float(out.overall()[sel].nanmean())
-        rows["rater"] = float(out.overall().nanmean())
-        return rows
-
-    @torch.no_grad()
-    def __call__(self, model) -> dict[str, float]:
-        images = self._images([key_seed(k) * 16 + 14 for k in self.conds.keys], model)
-        self.last = images
-        per_sample = torch.zeros(len(self.conds))
-        for task in sorted(set(self.conds.tasks)):
-            idx = [i for i, t in enumerate(self.conds.tasks) if t == task]
-            r = judge_rewards(self.judge, images[idx], self.base[idx], task, [self.conds.prompts[i] for i in idx])
-            per_sample[idx] = r.per_sample(len(idx)).float().cpu()
-        out = {"reward": float(per_sample.mean())}
-        for task in sorted(set(self.conds.tasks)):
-            out[task] = float(per_sample[[i for i, t in enumerate(self.conds.tasks) if t == task]].mean())
-        return {**out, **self.rate(images)}
-
-
-def hacking_signs(first: dict, row: dict) -> list[str]:
-    """Tasks (and "all") whose judge reward rose while the rater's score fell since ``first``."""
-    signs = []
-    for task in ["all"] + sorted(k[len("rater_"):] for k in row if k.startswith("rater_") and k.count("_") == 1):
-        reward, rater = ("reward", "rater") if task == "all" else (task, f"rater_{task}")
-        if rater in row and reward in row and rater in first:
-            if row[reward] - first[reward] > HACKING_MARGIN and first[rater] - row[rater] > HACKING_MARGIN:
-                signs.append(task)
-    return signs
-
-
 def _open_live(paths: Paths, resume_from: Path | None):
     from dvclive import Live
 
@@ -200,10 +134,10 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     acc = Accelerator(cpu=not on_gpu, mixed_precision="bf16" if on_gpu and profile.dtype == "bfloat16" else "no")
     rank, main = acc.process_index, acc.is_main_process
     if acc.distributed_type == DistributedType.FSDP:
-        # Snapshot.bind runs the EMA/reference through functional_call on full tensors and the
-        # checkpoints save local tensors; both need FSDP-aware versions that are not written yet.
-        raise NotImplementedError("train_policy does not support FSDP yet: use configs/accelerate/ddp.yaml "
-                                  "(with finetune: lora for FLUX.1-Fill-dev on one GPU per process)")
+        raise ValueError("train_policy shards the transformer itself (train_policy.parallel: fsdp, the same code on "
+                         "CPU and GPU): launch with configs/accelerate/fsdp.yaml or ddp.yaml, not an accelerate "
+                         "config of distributed_type FSDP")
+    sharded = cfg.parallel == "fsdp" and acc.num_processes > 1
     torch.manual_seed(cfg.seed)
     # Same commit and params, same weights: CPU reductions otherwise vary in the last digits run to run.
     torch.use_deterministic_algorithms(True, warn_only=True)
@@ -221,40 +155,46 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         checkpoint_layers(judge.model)
 
     tr = policy.transformer
+    if sharded:
+        shard_transformer(tr, dtype)
     initial, ema = snapshots(cfg, tr, acc.device, dtype)
     params = [p for p in tr.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    model, opt = acc.prepare(tr, opt)
+    if sharded:  # FSDP's hooks do DDP's work: the module is used as it is
+        model, opt = tr, acc.prepare(opt)
+    else:
+        model, opt = acc.prepare(tr, opt)
     rollouts = Rollouts(policy, cfg, generation)
     frozen_reference = cfg.algorithm == "reference_ema"
     refcache: dict[str, torch.Tensor] = {}
 
-    ckpt = ckpt_mod.Checkpointer(paths.checkpoints, fingerprint(cfg, profile, acc.num_processes, generation), acc, cfg.keep_checkpoints)
+    ckpt = ckpt_mod.Checkpointer(paths.checkpoints, fingerprint(cfg, profile, generation), acc, cfg.keep_checkpoints)
     ckpt.clear_stale()
     start, val_rows, live_snapshot = 0, [], None
     latest = ckpt.latest()
     if latest is not None:
-        state = ckpt.load(latest, opt)
-        with torch.no_grad():
-            for n, p in trainable_state(tr).items():
-                p.copy_(state["trainable"][n])
-        ema.load_state_dict(state["ema"])
+        state = ckpt.load(latest)
+        load_trainable(tr, state["trainable"])
+        ema.load_whole(tr, state["ema"])
+        load_optimizer_state(tr, opt, state["optimizer"])
         refcache = dict(state["refcache"])
         start, val_rows, live_snapshot = state["step"], state["extra"].get("val", []), state["dvclive"]
         acc.print(f"train_policy: resumed from {latest} (step {start})")
 
     live = _open_live(paths, live_snapshot) if main else None
     validator = None
-    if main:
+    validating = main or sharded
+    if validating:
         with acc.autocast():
             validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device)
     if not frozen_reference:
         initial = None  # Alg. 2 needs the base only for validation's baseline images, made above
 
     def validate(step: int) -> None:
-        if main:
+        if validating:
             with acc.autocast():
                 row = {"step": step, **validator(tr)}
+        if main:
             signs = hacking_signs(val_rows[0], row) if val_rows else []
             row["hacking"] = len(signs)
             val_rows.append(row)
@@ -272,15 +212,20 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     def reference(d, images, masks, prompts) -> torch.Tensor:
         """Alg. 1: frozen base, cached by (condition, seed). Alg. 2: the EMA model, recomputed."""
         keys = [f"{train_conds.keys[i]}|{s}" for i, s in zip(d.index, d.ref_seeds)]
-        todo = [j for j, k in enumerate(keys) if not (frozen_reference and k in refcache)]
+        missing = [j for j, k in enumerate(keys) if not (frozen_reference and k in refcache)]
+        todo = missing
+        if sharded:  # the same transformer calls on every process: all sample when any misses
+            anyone = acc.reduce(torch.tensor([float(len(missing))], device=acc.device), "sum")
+            todo = list(range(len(keys))) if float(anyone) > 0 else []
         out = [refcache.get(k) for k in keys]
         if todo:
             runner = initial.bind(tr) if frozen_reference else ema.bind(tr)
             fresh = rollouts.sample(images[todo], masks[todo], [prompts[j] for j in todo], [d.ref_seeds[j] for j in todo], runner)
             for j, img in zip(todo, fresh):
-                out[j] = img
-                if frozen_reference:
-                    refcache[keys[j]] = img.detach().cpu()
+                if j in missing:
+                    out[j] = img
+                    if frozen_reference:
+                        refcache[keys[j]] = img.detach().cpu()
         return torch.stack([o.to(acc.device) for o in out])
 
     if main:
@@ -291,7 +236,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
                initial=start, total=cfg.steps)
     for step in bar:
         d = draw(train_conds, cfg.seed, step, rank, cfg.batch_size, cfg.reference_seeds, cfg.t_range,
-                 cfg.sampling_weights())
+                 cfg.sampling_weights(), same_t=sharded)
         images, masks = train_conds.tensors(d.index, acc.device)
         prompts = train_conds.generation_prompts(d.index)
         raw_prompts = [train_conds.prompts[i] for i in d.index]
@@ -301,7 +246,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
             rewards = judge_rewards(judge, img, ref, d.task, raw_prompts)
             loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
         acc.backward(loss)
-        grad_norm = acc.clip_grad_norm_(params, cfg.max_grad_norm)
+        grad_norm = float(full(acc.clip_grad_norm_(params, cfg.max_grad_norm)))  # a DTensor when sharded
         for g in opt.param_groups:
             g["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup_steps))
         opt.step()
@@ -313,7 +258,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
             live.step = step + 1
             for k in ("train/loss", "train/reward", "train/reward_std"):
                 live.log_metric(k, logged.pop(k))
-            live.log_metric("train/grad_norm", float(grad_norm))
+            live.log_metric("train/grad_norm", grad_norm)
             live.log_metric("train/t", d.t)
             for k, v in logged.items():
                 live.log_metric(k, v)
@@ -325,41 +270,30 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         if main:
             live.next_step()
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            ckpt.save(done, trainable_state(tr), ema.state_dict(), opt, refcache, paths.live if main else None,
-                      extra={"val": val_rows})
+            state = (whole_trainable(tr), ema.whole(tr), optimizer_state(tr, opt)) if validating else ({}, {}, {})
+            ckpt.save(done, *state, refcache, paths.live if main else None, extra={"val": val_rows})
 
-    # DDP replicas must hold the same weights: compare a checksum across processes.
-    checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
-    sums = acc.gather(checksum)
-    run = {"world_size": acc.num_processes, "weights_in_sync": bool((sums == sums[0]).all())}
+    if sharded:  # one copy of the weights, in shards
+        run = {"world_size": acc.num_processes, "parallel": cfg.parallel}
+        whole = whole_state_dict(tr)
+        whole = (whole, {**whole, **ema.whole(tr)})
+    else:  # DDP replicas must hold the same weights: compare a checksum across processes.
+        checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
+        sums = acc.gather(checksum)
+        run, whole = {"world_size": acc.num_processes, "weights_in_sync": bool((sums == sums[0]).all())}, None
+    if validating and validator.last is None:  # resumed at the very end: no validation ran here
+        with acc.autocast():
+            validator(tr)
     metrics = {}
     if main:
         live.end()
-        if validator.last is None:  # resumed at the very end: no validation ran here
-            with acc.autocast():
-                validator(tr)
         save_grid(val_conds, validator, paths.reports / "val_samples.png")
-        metrics = save_outputs(cfg, policy, ema, val_rows, paths, run)
+        metrics = save_outputs(cfg, policy, ema, val_rows, paths, run, whole)
     acc.wait_for_everyone()
     if main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # finished: nothing left to resume
     acc.end_training()
     return metrics
-
-
-def save_grid(conds: ConditionSet, validator: Validator, path: Path, n: int = 8) -> None:
-    """Rows: input, frozen base, trained policy for the first ``n`` validation conditions (PNG).
-
-    Reward hacking shows here first: a rising curve with images drifting away from the base.
-    """
-    import numpy as np
-    from PIL import Image
-
-    n = min(n, len(conds))
-    rows = [conds.tensors(range(n), "cpu")[0], validator.base[:n].float().cpu(), validator.last[:n].float().cpu()]
-    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
-    with atomic_path(path) as tmp:
-        Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
 
 
 def _write_curve(rows: list[dict], path: Path) -> None:
@@ -370,8 +304,10 @@ def _write_curve(rows: list[dict], path: Path) -> None:
 
 
 def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_rows: list[dict], paths: Paths,
-                 run: dict) -> dict:
-    """Policy and EMA weights in diffusers layout (or LoRA files), the reward curve and metrics."""
+                 run: dict, whole: tuple[dict, dict] | None = None) -> dict:
+    """Policy and EMA weights in diffusers layout (or LoRA files), the reward curve and metrics.
+
+    ``whole``: the (policy, EMA) state dicts gathered from a sharded run's processes."""
     tr = policy.transformer
     with atomic_path(paths.out) as tmp:
         tmp.mkdir()
@@ -386,6 +322,9 @@ def save_outputs(cfg: TrainPolicyConfig, policy: FillPolicy, ema: Snapshot, val_
                 FluxFillPipeline.save_lora_weights(tmp / name, transformer_lora_layers=get_peft_model_state_dict(tr, state_dict=state),
                                                    transformer_lora_adapter_metadata=meta)
                 canonical_safetensors(tmp / name / "pytorch_lora_weights.safetensors")  # same bytes in every process
+        elif whole is not None:
+            save_pretrained_whole(tr, whole[0], tmp / "transformer")
+            save_pretrained_whole(tr, whole[1], tmp / "transformer_ema")
         else:
             tr.save_pretrained(tmp / "transformer", safe_serialization=True)
             live = {n: p.detach().clone() for n, p in trainable_state(tr).items()}

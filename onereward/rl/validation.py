@@ -1,0 +1,97 @@
+"""Validation of train_policy: the judge's reward beside the ground-truth rater's score, on fixed
+conditions and noises, a reward-hacking flag, and an image grid of base against policy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from onereward.io import atomic_path
+from onereward.rl.conditions import ConditionSet, key_seed
+from onereward.rl.rollout import Rollouts, judge_rewards
+
+
+HACKING_MARGIN = 0.01
+"""Reward up and rater down by more than this (against step 0) is flagged as reward hacking."""
+
+
+class Validator:
+    """On fixed validation conditions and noises: the judge's reward P(Yes | policy, frozen base)
+    (what RL optimises) and, beside it, the ground-truth rater's score of the policy's images
+    (onereward.scoring.rater; never a training signal), per task and dimension."""
+
+    def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
+        from onereward.scoring import build_scorer
+
+        self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
+        self.rater = build_scorer("rater") if conds.truths is not None else None
+        self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
+        self.base_rating = self.rate(self.base)
+        self.last: torch.Tensor | None = None
+
+    def _images(self, seeds, model) -> torch.Tensor:
+        out = []
+        for s in range(0, len(self.conds), self.batch):
+            idx = list(range(s, min(s + self.batch, len(self.conds))))
+            images, masks = self.conds.tensors(idx, self.device)
+            out.append(self.rollouts.sample(images, masks, self.conds.generation_prompts(idx), [seeds[i] for i in idx], model))
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def rate(self, images: torch.Tensor) -> dict[str, float]:
+        """Mean rater score per task and dimension (``rater_<task>_<dim>``), per task and overall."""
+        if self.rater is None:
+            return {}
+        idx = list(range(len(self.conds)))
+        out = self.rater(images.float().cpu(), **self.conds.rater_fields(idx, "cpu"))
+        rows = {}
+        for task in sorted(set(self.conds.tasks)):
+            sel = [i for i, t in enumerate(self.conds.tasks) if t == task]
+            for dim, v in out.scores.items():
+                vals = v[sel]
+                if not torch.isnan(vals).all():
+                    rows[f"rater_{task}_{dim}"] = float(vals.nanmean())
+            rows[f"rater_{task}"] = float(out.overall()[sel].nanmean())
+        rows["rater"] = float(out.overall().nanmean())
+        return rows
+
+    @torch.no_grad()
+    def __call__(self, model) -> dict[str, float]:
+        images = self._images([key_seed(k) * 16 + 14 for k in self.conds.keys], model)
+        self.last = images
+        per_sample = torch.zeros(len(self.conds))
+        for task in sorted(set(self.conds.tasks)):
+            idx = [i for i, t in enumerate(self.conds.tasks) if t == task]
+            r = judge_rewards(self.judge, images[idx], self.base[idx], task, [self.conds.prompts[i] for i in idx])
+            per_sample[idx] = r.per_sample(len(idx)).float().cpu()
+        out = {"reward": float(per_sample.mean())}
+        for task in sorted(set(self.conds.tasks)):
+            out[task] = float(per_sample[[i for i, t in enumerate(self.conds.tasks) if t == task]].mean())
+        return {**out, **self.rate(images)}
+
+
+def hacking_signs(first: dict, row: dict) -> list[str]:
+    """Tasks (and "all") whose judge reward rose while the rater's score fell since ``first``."""
+    signs = []
+    for task in ["all"] + sorted(k[len("rater_"):] for k in row if k.startswith("rater_") and k.count("_") == 1):
+        reward, rater = ("reward", "rater") if task == "all" else (task, f"rater_{task}")
+        if rater in row and reward in row and rater in first:
+            if row[reward] - first[reward] > HACKING_MARGIN and first[rater] - row[rater] > HACKING_MARGIN:
+                signs.append(task)
+    return signs
+
+
+def save_grid(conds: ConditionSet, validator: Validator, path: Path, n: int = 8) -> None:
+    """Rows: input, frozen base, trained policy for the first ``n`` validation conditions (PNG).
+
+    Reward hacking shows here first: a rising curve with images drifting away from the base.
+    """
+    import numpy as np
+    from PIL import Image
+
+    n = min(n, len(conds))
+    rows = [conds.tensors(range(n), "cpu")[0], validator.base[:n].float().cpu(), validator.last[:n].float().cpu()]
+    grid = torch.cat([torch.cat(list(r), dim=2) for r in rows], dim=1)
+    with atomic_path(path) as tmp:
+        Image.fromarray((grid.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(tmp, format="PNG")
