@@ -72,6 +72,10 @@ class Profile:
     """torch device for training and inference."""
     dtype: str = "float32"
     """Weights and compute dtype: float32 on CPU, bfloat16 on GPU."""
+    attn_implementation: str = "auto"
+    """The judge's attention kernel (transformers' ``attn_implementation``): 'auto' is
+    flash_attention_2 on CUDA where flash-attn is installed, sdpa otherwise; or any name
+    transformers accepts ('sdpa', 'eager', 'flash_attention_2')."""
 
     @property
     def is_tiny(self) -> bool:

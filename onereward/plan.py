@@ -338,6 +338,16 @@ def offloaded_by(cfg) -> set[str]:
         {"text_encoders"} if cfg.offload_text_encoders else set())
 
 
+def judge_side(section: dict, resolution: int) -> int:
+    """Side at which the judge sees a square ``resolution`` px image: the processor's rule with
+    ``judge_base``'s pixel budget (0: its square ``resolution``)."""
+    from onereward.judge.image import smart_resize
+
+    side = int(section.get("resolution", 448))
+    low, high = int(section.get("min_pixels") or side**2), int(section.get("max_pixels") or side**2)
+    return smart_resize(resolution, resolution, 28, low, high)[0]
+
+
 def make_plan(params: dict, gpus: int = 1, resolution: int = 512, capacity_gib: float = 80.0,
               offload: set[str] = frozenset(), profile: str = "real") -> Plan:
     """The plan for ``params`` (loaded params.yaml) as ``profile`` sees its sections."""
@@ -356,7 +366,7 @@ def make_plan(params: dict, gpus: int = 1, resolution: int = 512, capacity_gib: 
     policy_cfg = from_dict(TrainPolicyConfig, merged_section("train_policy", profile, params), ".train_policy")
     offload = set(offload) | offloaded_by(policy_cfg)
     judge_cfg = from_dict(TrainJudgeConfig, merged_section("train_judge", profile, params), ".train_judge")
-    judge_resolution = int(merged_section("judge_base", profile, params).get("resolution", 448))
+    judge_resolution = judge_side(merged_section("judge_base", profile, params), resolution)
     sizes = real_sizes(policy_cfg.lora.target_modules, policy_cfg.lora.rank, judge_cfg.lora_targets, judge_cfg.lora_rank)
     policy = [policy_setting(sizes, policy_cfg, "lora", 1, resolution, judge_resolution, offload),
               policy_setting(sizes, policy_cfg, "full", gpus, resolution, judge_resolution, offload)]
@@ -368,7 +378,7 @@ def render(plan: Plan) -> str:
     s = plan.sizes
     out = [
         f"Memory plan, by arithmetic (not measured): GiB per GPU, {plan.resolution} px policy images, "
-        f"judge at {plan.judge_resolution} px, {plan.capacity / GiB:g} GiB GPUs ('(params)': the mode params.yaml selects)",
+        f"judge at {plan.judge_resolution} px ({(plan.judge_resolution // 28) ** 2} vision tokens an image), {plan.capacity / GiB:g} GiB GPUs ('(params)': the mode params.yaml selects)",
         f"parameters (meta device): FLUX.1-Fill transformer {s.transformer / 1e9:.2f}B, VAE {s.vae / 1e6:.1f}M, "
         f"CLIP-L {s.clip / 1e6:.1f}M, T5-XXL {s.t5 / 1e9:.2f}B; Qwen2.5-VL-7B {s.judge / 1e9:.2f}B; "
         f"LoRA: policy {s.transformer_lora / 1e6:.1f}M, judge {s.judge_lora / 1e6:.1f}M",

@@ -33,7 +33,8 @@ class EvalJudgeConfig:
 def main() -> None:
     cfg, profile = judge_section(EvalJudgeConfig, "eval_judge")
     rows = read_query_table(QUERIES, split=cfg.split)
-    judge = Judge.load(JUDGE, device=profile.device, dtype=getattr(torch, profile.dtype))
+    judge = Judge.load(JUDGE, device=profile.device, dtype=getattr(torch, profile.dtype),
+                       attn_implementation=profile.attn_implementation)
     p = score_rows(judge, input_dataset(SHARDS, cfg.split), rows, cfg.batch_size, desc="eval_judge")
     summary = summarize(pair_results(rows, p))
     with atomic_path(TABLE) as tmp:

@@ -21,7 +21,15 @@ class JudgeBaseConfig:
     """params.yaml `judge_base`."""
 
     resolution: int = 448
-    """Judge input side in pixels (a multiple of 28); every image is resized to it."""
+    """Side a square image is resized to (a multiple of 28)."""
+    min_pixels: int = 0
+    """Fewest pixels of an image as the judge sees it, aspect ratio kept (0: ``resolution**2``)."""
+    max_pixels: int = 0
+    """Most pixels of an image as the judge sees it (0: ``resolution**2``)."""
+
+    def meta(self, **kw) -> JudgeMeta:
+        return JudgeMeta(resolution=self.resolution, min_pixels=self.min_pixels or None,
+                         max_pixels=self.max_pixels or None, **kw)
     tiny: TinyJudgeConfig = field(default_factory=TinyJudgeConfig)
     """Sizes and seed of the tiny judge (tiny profile only)."""
 
@@ -30,15 +38,18 @@ def main() -> None:
     cfg, profile = judge_section(JudgeBaseConfig, "judge_base")
     if cfg.resolution % 28:
         raise SystemExit(f"judge_base.resolution must be a multiple of 28, got {cfg.resolution}")
+    low, high = cfg.meta().pixels()
+    if not 28 * 28 <= low <= high:
+        raise SystemExit(f"judge_base: need 784 <= min_pixels <= max_pixels, got {low} and {high}")
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
         if profile.is_tiny:
             if Path(profile.judge_model) != OUT:
                 raise SystemExit(f"tiny profile: judge_model must be {OUT}, got {profile.judge_model}")
             save_tiny_judge(cfg.tiny, tmp)
-            JudgeMeta(resolution=cfg.resolution).write(tmp)
+            cfg.meta().write(tmp)
         else:
-            JudgeMeta(resolution=cfg.resolution, base=profile.judge_model).write(tmp)
+            cfg.meta(base=profile.judge_model).write(tmp)
     print(f"judge_base: {'tiny judge' if profile.is_tiny else 'pointer to ' + profile.judge_model} at {OUT}")
 
 

@@ -40,7 +40,8 @@ def run() -> None:
     train_rows = [r for r in rows if r["split"] == "train"]
     val_rows = [r for r in rows if r["split"] == "val"]
     versions = sorted({r["template_version"] for r in rows})
-    judge = Judge.load(BASE, device=profile.device, dtype=getattr(torch, profile.dtype))
+    judge = Judge.load(BASE, device=profile.device, dtype=getattr(torch, profile.dtype),
+                       attn_implementation=profile.attn_implementation)
     meta = JudgeMeta.read(BASE)
     base = meta.base if meta and meta.base else str(BASE)
 

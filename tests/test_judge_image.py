@@ -84,3 +84,15 @@ def test_float_resize_is_close_and_quantized_resize_is_exact_on_the_uint8_grid()
 def test_patchify_rejects_sizes_off_the_grid():
     with pytest.raises(ValueError, match="multiple of 28"):
         patchify(torch.zeros(1, 3, 56, 60), VisionSpec())
+
+
+@pytest.mark.parametrize("size", [(56, 140), (80, 112), (56, 112), (80, 140), (32, 140), (100, 20), (32, 112),
+                                  (32, 113), (16, 105), (16, 106), (63, 129)])
+def test_quantized_resize_is_pillow_in_either_pass_order(size):
+    """Pillow 13 resizes the rows first when the height shrinks by more than twice as many pixels
+    as the width (e.g. 64 x 128 -> 32 x 113 but not 32 x 112)."""
+    u8 = np.ascontiguousarray(skimage.data.coffee()[:64, :128])
+    h, w = size
+    pil = np.asarray(Image.fromarray(u8).resize((w, h), Image.BICUBIC)).astype(np.float64) / 255
+    ours = resize(to_tensor(u8)[None], size)[0].permute(1, 2, 0).double().numpy()
+    assert np.abs(ours - pil).max() <= 1e-6

@@ -157,3 +157,79 @@ def test_gradient_checkpointing_gives_the_same_gradient(base):
 def test_query_must_match_batch(judge):
     with pytest.raises(ValueError, match="queries"):
         judge.p_yes(images(2, 0), images(2, 1), QUERIES[:1])
+
+
+BUDGET = (56 * 56, 112 * 112)
+"""A pixel budget under which the 64 px test images keep their aspect ratio."""
+
+
+@pytest.fixture(scope="module")
+def budget_judge(base, tmp_path_factory) -> Judge:
+    path = tmp_path_factory.mktemp("budget")
+    for f in base.iterdir():
+        (path / f.name).write_bytes(f.read_bytes())
+    JudgeMeta(resolution=RES, min_pixels=BUDGET[0], max_pixels=BUDGET[1]).write(path)
+    return Judge.load(path)
+
+
+def photo(h: int, w: int, seed: int) -> torch.Tensor:
+    """On the uint8 grid, as decoded candidates are."""
+    return torch.randint(0, 256, (1, 3, h, w), generator=torch.Generator().manual_seed(seed)) / 255.0
+
+
+def _pil(x: torch.Tensor) -> Image.Image:
+    return Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8"))
+
+
+@pytest.mark.parametrize("h,w", [(64, 128), (96, 48), (40, 200)])
+def test_non_square_image_keeps_its_aspect_as_the_stock_processor_does(budget_judge, base, h, w):
+    """The judge's size rule and pixels match Qwen2-VL's processor with the same pixel budget;
+    the query gets as many image placeholders as the image has tokens."""
+    a, b = photo(h, w, 1), photo(h, w, 2)
+    proc = Qwen2VLImageProcessorPil.from_pretrained(base)
+    ref = proc(images=[_pil(a), _pil(b)], size={"shortest_edge": BUDGET[0], "longest_edge": BUDGET[1]},
+               return_tensors="pt")
+    ours = budget_judge.encode_images(a, b)
+    assert torch.equal(ours["image_grid_thw"], ref["image_grid_thw"])
+    assert (ours["pixel_values"] - ref["pixel_values"]).abs().max() <= 1e-4
+    th, tw = budget_judge.input_size(h, w)
+    assert th != tw and abs(th / tw - h / w) < 0.35 * h / w  # aspect kept, not squashed to a square
+    ids = torch.tensor([budget_judge.query_ids(QUERIES[0], budget_judge.image_tokens(ours["image_grid_thw"])[0])])
+    out = budget_judge.model(input_ids=ids, attention_mask=torch.ones_like(ids),
+                             mm_token_type_ids=(ids == budget_judge.image_token_id).long(),
+                             pixel_values=ref["pixel_values"], image_grid_thw=ref["image_grid_thw"])
+    stock_p = torch.softmax(out.logits[0, -1][[budget_judge.yes_id, budget_judge.no_id]], dim=0)[0]
+    assert torch.allclose(budget_judge.p_yes(a, b, QUERIES[:1]), stock_p.reshape(1), atol=1e-5)
+
+
+def test_a_batch_of_mixed_sizes_scores_as_each_pair_alone(budget_judge):
+    sizes = [(64, 64), (64, 128), (96, 48)]
+    first = [photo(h, w, i)[0] for i, (h, w) in enumerate(sizes)]
+    second = [photo(h, w, 10 + i)[0] for i, (h, w) in enumerate(sizes)]
+    mixed = budget_judge.score(first, second, QUERIES, batch_size=3)
+    alone = torch.cat([budget_judge.score(first[i][None], second[i][None], QUERIES[i:i + 1]) for i in range(3)])
+    assert torch.allclose(mixed, alone, atol=1e-5)
+    grid = budget_judge.encode_images(first, second)["image_grid_thw"]
+    assert len({tuple(g) for g in grid.tolist()}) == 3  # three sizes, three vision grids
+
+
+def test_rl_reward_path_on_non_square_images_equals_p_yes(budget_judge):
+    from onereward.rl.judging import pair_p_yes, vision_features
+
+    a, b = photo(64, 128, 3).repeat(2, 1, 1, 1), photo(64, 128, 4).repeat(2, 1, 1, 1)
+    p = pair_p_yes(budget_judge, vision_features(budget_judge, a), vision_features(budget_judge, b), [0, 1], QUERIES[:2])
+    assert torch.allclose(p, budget_judge.p_yes(a, b, QUERIES[:2]), atol=1e-5)
+
+
+def test_square_default_is_the_resolution_whatever_the_input_side(judge):
+    assert [judge.input_size(s, s) for s in (32, 64, 57, 500)] == [(RES, RES)] * 4
+
+
+def test_attention_kernel_is_chosen_by_params_and_scores_agree(base):
+    from onereward.judge.model import attention_kernel
+
+    assert attention_kernel("auto", "cpu") == "sdpa"  # flash-attn only on CUDA
+    eager, sdpa = Judge.load(base, attn_implementation="eager"), Judge.load(base)
+    assert eager.model.config._attn_implementation == "eager" and sdpa.model.config._attn_implementation == "sdpa"
+    a, b = images(3, 20), images(3, 21)
+    assert torch.allclose(eager.score(a, b, QUERIES), sdpa.score(a, b, QUERIES), atol=1e-5)

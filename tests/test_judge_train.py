@@ -150,12 +150,12 @@ def test_killed_run_resumes_to_the_same_weights(base, tmp_path):
 
 
 def test_candidates_resized_once_give_the_judge_the_same_pixels(base):
-    """Resizing each candidate once with PIL (``examples(side=...)``) feeds the judge exactly the
+    """Resizing each candidate once with PIL (``examples(judge_size=...)``) feeds the judge exactly the
     pixel values of its own differentiable resize, also for mirrored pairs."""
     judge = Judge.load(base)
     rows = rows_for(DATA["train"], "train")
     plain = list(examples(DATA["train"], rows))
-    once = list(examples(DATA["train"], rows, judge.resolution))
+    once = list(examples(DATA["train"], rows, judge.input_size))
     assert once[0].first.shape[-1] == judge.resolution != plain[0].first.shape[-1]
     for flip in (False, True):
         a = [e.first.flip(-1) if flip else e.first for e in plain]
@@ -220,3 +220,25 @@ def test_a_bf16_judge_trains_fp32_masters_so_small_steps_are_not_lost(base, tmp_
     moved = sum(int((masters[n] != before[n]).sum()) for n in masters)
     total = sum(t.numel() for t in masters.values())
     assert moved > 0.5 * total, f"only {moved} of {total} trained values moved"
+
+
+VISION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "attn.qkv", "attn.proj", "merger.mlp.0", "merger.mlp.2")
+"""Language-model attention, every vision block's attention and the patch merger."""
+
+
+def test_lora_reaches_the_vision_tower_and_merger_when_targeted(base, tmp_path):
+    rows = rows_for(DATA["train"], "train")
+    cfg = TrainJudgeConfig(lr=1e-2, batch_size=8, steps=4, warmup_steps=1, eval_every=100, checkpoint_every=100,
+                           lora_dropout=0.0, lora_targets=VISION_TARGETS)
+    judge = Judge.load(base)
+    train(judge, cfg, inputs_fn, rows, [])
+    adapted = {n.rsplit(".lora_", 1)[0] for n, p in judge.model.named_parameters() if "lora_B" in n and p.abs().sum() > 0}
+    assert any(".visual.blocks." in n and n.endswith("attn.qkv") for n in adapted)
+    assert any(n.endswith("visual.merger.mlp.0") for n in adapted)
+    assert any(".language_model." in n and n.endswith("q_proj") for n in adapted)
+
+    out = tmp_path / "judge"
+    save_judge(judge, cfg, str(base), out, template_version="1")
+    first, second, queries, _ = stack(list(examples(DATA["train"], rows)))
+    with torch.no_grad():  # merged into the base by the pipeline's loader: the same answers
+        assert torch.allclose(Judge.load(out).margin(first, second, queries), judge.margin(first, second, queries), atol=1e-4)

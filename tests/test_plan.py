@@ -299,3 +299,22 @@ def test_plan_command_bad_input_is_one_line(capsys, tmp_path):
                          (["--params", tmp_path / "none.yaml"], "params file not found")):
         rc, out, err = _plan(capsys, *args)
         assert rc == 2 and len(err.strip().splitlines()) == 1 and expect in err, (args, err)
+
+
+@pytest.mark.parametrize("resolution,side", [(512, 504), (1024, 980)])
+def test_plan_judges_real_images_at_the_processors_size(resolution, side):
+    """The plan's judge input for the real profile is what Qwen2-VL's processor makes of a square
+    image under judge_base's pixel budget (vision tokens: (side / 28)^2)."""
+    import numpy as np
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from onereward.config import load_params
+    from onereward.judge.params import merged_section
+    from onereward.plan import judge_side
+
+    section = merged_section("judge_base", "real", load_params())
+    assert judge_side(section, resolution) == side
+    proc = Qwen2VLImageProcessorPil(size={"shortest_edge": section["min_pixels"], "longest_edge": section["max_pixels"]})
+    grid = proc(images=[Image.fromarray(np.zeros((resolution, resolution, 3), np.uint8))], return_tensors="pt")["image_grid_thw"]
+    assert grid.tolist() == [[1, side // 14, side // 14]]

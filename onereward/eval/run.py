@@ -78,7 +78,8 @@ def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths(),
         outputs[model] = generate_outputs(policy, items, cfg, f"evaluate: {model}", generation)
         del policy
         gc.collect()
-    judge = Judge.load(str(paths.judge), device=profile.device, dtype=DTYPES[profile.dtype])
+    judge = Judge.load(str(paths.judge), device=profile.device, dtype=DTYPES[profile.dtype],
+                       attn_implementation=profile.attn_implementation)
     scores = []
     with torch.no_grad():
         for it in tqdm(items, desc="evaluate: judge", unit="input"):

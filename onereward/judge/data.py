@@ -11,7 +11,7 @@ import random
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Union
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,6 +21,10 @@ from PIL import Image
 from onereward.judge.image import to_tensor
 from onereward.judge.queries import QueryTemplates
 from onereward.tasks import dimensions_for
+
+SizeRule = Callable[[int, int], tuple[int, int]]
+"""(height, width) -> the size the judge resizes an image to."""
+Images = Union[torch.Tensor, list[torch.Tensor]]
 
 QUERY_SCHEMA = pa.schema(
     [
@@ -81,12 +85,14 @@ class Example:
     order: int
 
 
-def examples(inputs: Iterable[dict], rows: list[dict], side: int | None = None) -> Iterator[Example]:
+def examples(inputs: Iterable[dict], rows: list[dict], judge_size: SizeRule | None = None) -> Iterator[Example]:
     """Join input samples (``input_dataset`` dicts) with their query rows.
 
-    ``side``: resize each candidate once, with PIL's bicubic filter, to the judge's square
-    input. The judge's own differentiable resize computes exactly these pixels (it emulates
-    PIL), so this only saves resizing an image again for every row it appears in.
+    ``judge_size``: the judge's size rule (``Judge.input_size``); each candidate is resized once,
+    with PIL's bicubic filter, to the size the judge would give it. The judge's own
+    differentiable resize computes exactly these pixels (it emulates PIL), so this only saves
+    resizing an image again for every row it appears in. A size the rule would change again is
+    left to the judge (``smart_resize`` is not always idempotent near the pixel bounds).
     """
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -95,15 +101,18 @@ def examples(inputs: Iterable[dict], rows: list[dict], side: int | None = None) 
         mine = by_key.get(item["key"])
         if not mine:
             continue
-        cands = [to_tensor(_resized(c, side)) for c in item["candidates"]]
+        cands = [to_tensor(_resized(c, judge_size)) for c in item["candidates"]]
         for r in mine:
             yield Example(cands[r["first"]], cands[r["second"]], r["query"], r["label"], r["key"], r["task"], r["dimension"], r["order"])
 
 
-def _resized(image: Image.Image, side: int | None) -> Image.Image:
-    if side is None or image.size == (side, side):
+def _resized(image: Image.Image, judge_size: SizeRule | None) -> Image.Image:
+    if judge_size is None:
         return image
-    return image.resize((side, side), Image.Resampling.BICUBIC)
+    h, w = judge_size(image.height, image.width)
+    if (h, w) == (image.height, image.width) or judge_size(h, w) != (h, w):
+        return image
+    return image.resize((w, h), Image.Resampling.BICUBIC)
 
 
 def shuffled(stream: Iterable, buffer: int, rng: random.Random) -> Iterator:
@@ -128,10 +137,17 @@ def batched(stream: Iterable[Example], size: int) -> Iterator[list[Example]]:
         yield batch
 
 
-def stack(batch: list[Example]) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+def stack(batch: list[Example]) -> tuple[Images, Images, list[str], torch.Tensor]:
+    """(first, second, queries, labels); images as one tensor, or lists where sizes differ (the
+    judge takes either)."""
     return (
-        torch.stack([e.first for e in batch]),
-        torch.stack([e.second for e in batch]),
+        _images([e.first for e in batch]),
+        _images([e.second for e in batch]),
         [e.query for e in batch],
         torch.tensor([e.label for e in batch], dtype=torch.float32),
     )
+
+
+def _images(images: list[torch.Tensor]) -> Images:
+    same = len({tuple(im.shape) for im in images}) == 1
+    return torch.stack(images) if same else images

@@ -5,7 +5,8 @@ It reproduces the stock ``Qwen2VLImageProcessorPil`` (PIL bicubic resize of a ui
 sees the same ``pixel_values`` in training, evaluation and RL, while gradients flow back
 to the input pixels for RL.
 
-PIL resizes uint8 images in two passes (horizontal, then vertical) with 22-bit fixed-point
+PIL resizes uint8 images in two passes (horizontal, then vertical; since Pillow 13 vertical
+first when the height shrinks by more than twice as many pixels as the width) with 22-bit fixed-point
 filter weights and rounds/clips to uint8 after each pass. With ``quantize=True`` the forward
 values are that arithmetic exactly and the rounding is a straight-through estimator, so the
 backward pass is the gradient of the linear filter.
@@ -83,14 +84,18 @@ def resize(images: torch.Tensor, size: tuple[int, int], quantize: bool = True) -
     x = images.to(torch.float64) * 255.0
     if quantize:
         x = _round_clip_st(x)
-    if in_w != out_w:  # PIL skips a pass whose size does not change
-        mw = torch.from_numpy(pil_resize_matrix(in_w, out_w, quantize)).to(x.device)
-        x = torch.einsum("bchw,ow->bcho", x, mw)
-        if quantize:
-            x = _round_clip_st(x)
-    if in_h != out_h:
-        mh = torch.from_numpy(pil_resize_matrix(in_h, out_h, quantize)).to(x.device)
-        x = torch.einsum("bchw,oh->bcow", x, mh)
+    passes = ["w", "h"]
+    if out_h < in_h and in_h - out_h > 2 * (in_w - out_w):  # Pillow 13 then resizes the rows first
+        passes.reverse()
+    for axis in passes:
+        if axis == "w" and in_w != out_w:  # PIL skips a pass whose size does not change
+            mw = torch.from_numpy(pil_resize_matrix(in_w, out_w, quantize)).to(x.device)
+            x = torch.einsum("bchw,ow->bcho", x, mw)
+        elif axis == "h" and in_h != out_h:
+            mh = torch.from_numpy(pil_resize_matrix(in_h, out_h, quantize)).to(x.device)
+            x = torch.einsum("bchw,oh->bcow", x, mh)
+        else:
+            continue
         if quantize:
             x = _round_clip_st(x)
     return (x / 255.0).to(images.dtype if images.is_floating_point() else torch.float32)

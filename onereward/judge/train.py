@@ -48,7 +48,10 @@ class TrainJudgeConfig:
     lora_dropout: float = 0.05
     """Dropout on the LoRA branch input."""
     lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    """Module names that get LoRA adapters (PEFT ``target_modules``)."""
+    """Module name suffixes that get LoRA adapters (PEFT ``target_modules``). Qwen2.5-VL: the
+    language model's ``q_proj k_proj v_proj o_proj gate_proj up_proj down_proj``; the vision
+    blocks' ``attn.qkv attn.proj`` (their MLPs are also named ``gate_proj up_proj down_proj``);
+    the patch merger's ``merger.mlp.0 merger.mlp.2``."""
     lr: float = 1.0e-6
     """Peak AdamW learning rate (paper: 1e-6 for full fine-tuning of the 7B judge)."""
     weight_decay: float = 0.0
@@ -144,7 +147,7 @@ def flipped(pair: tuple[Example, ...]) -> tuple[Example, ...]:
     return tuple(replace(e, first=e.first.flip(-1), second=e.second.flip(-1)) for e in pair)
 
 
-def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, side: int | None = None) -> Iterator[list]:
+def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, judge_size=None) -> Iterator[list]:
     """Endless, deterministic batches: epoch e shuffles inputs and pairs with seed (seed, e).
 
     Both orders of a pair stay in one batch, so the gradient of every pair is Eq. 3's
@@ -154,7 +157,7 @@ def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, s
     pairs_per_batch = max(1, cfg.batch_size // 2)
     while True:
         rng = random.Random(cfg.seed * 100_003 + epoch)
-        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows, side))
+        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows, judge_size))
         for group in batched(shuffled(stream, cfg.shuffle_buffer, rng), pairs_per_batch):
             if len(group) == pairs_per_batch:  # drop the ragged tail: fixed batch statistics
                 if cfg.flip:
@@ -173,7 +176,7 @@ def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_siz
     was_training = judge.model.training
     judge.model.eval()
     with tqdm(total=len(rows), desc=desc, unit="row", leave=False) as bar:
-        for batch in batched(examples(inputs, rows, judge.resolution), batch_size):
+        for batch in batched(examples(inputs, rows, judge.input_size), batch_size):
             first, second, queries, _ = stack(batch)
             for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
                 out[index[(e.key, e.dimension, e.order)]] = p
@@ -232,13 +235,13 @@ def save_judge(judge: Judge, cfg: TrainJudgeConfig, base: str, out: Path, templa
     out.mkdir(parents=True, exist_ok=True)
     judge.model.save_pretrained(out, safe_serialization=True)
     if cfg.finetune == "lora":
-        meta = JudgeMeta(resolution=judge.resolution, base=base, adapter=True, template_version=template_version)
+        meta = JudgeMeta(**judge.size_rule(), base=base, adapter=True, template_version=template_version)
     else:
         judge.tokenizer.save_pretrained(out)
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
         Qwen2VLImageProcessorPil.from_pretrained(base).save_pretrained(out)
-        meta = JudgeMeta(resolution=judge.resolution, template_version=template_version)
+        meta = JudgeMeta(**judge.size_rule(), template_version=template_version)
     meta.write(out)
 
 
@@ -276,10 +279,10 @@ def train(
     runner = acc.prepare_model(judge.model)  # DDP over several processes, the model itself over one
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
-    fingerprint = cfg.fingerprint(resolution=judge.resolution, rows=rows_digest, world=world)
+    fingerprint = cfg.fingerprint(**judge.size_rule(), rows=rows_digest, world=world)
     start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0
     judge.model.train()
-    stream = batch_stream(inputs_fn, train_rows, cfg, judge.resolution)
+    stream = batch_stream(inputs_fn, train_rows, cfg, judge.input_size)
     for _ in range(start):  # replay the data order up to the checkpoint (no compute)
         next(stream)
     history: list[dict] = []

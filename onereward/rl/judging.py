@@ -52,7 +52,7 @@ def checkpoint_layers(model: torch.nn.Module) -> int:
 def vision_features(judge, images: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """(merged vision tokens per image, their ``image_grid_thw`` rows) of images ``[N, 3, H, W]`` in [0, 1]:
     one pass of the vision tower, differentiable where ``images`` are."""
-    pixel_values, grid = preprocess(images.to(judge.device), (judge.resolution, judge.resolution), judge.spec,
+    pixel_values, grid = preprocess(images.to(judge.device), judge.input_size(*images.shape[-2:]), judge.spec,
                                     judge.quantize)
     out = judge.model.get_image_features(pixel_values.to(judge.model.dtype), grid.to(judge.device), return_dict=True)
     return tuple(out.pooler_output), grid
@@ -69,10 +69,11 @@ def pair_p_yes(judge, first, second, pairs: list[int], queries: list[str]) -> to
     for i in pairs:  # chat order: pair 0 first, pair 0 second, pair 1 first, ...
         tokens += [f_tok[i], s_tok[i]]
         grids += [f_grid[i], s_grid[i]]
-    inputs = {k: v.to(judge.device) for k, v in judge.encode_text(queries).items()}
+    grid = torch.stack(grids)
+    inputs = {k: v.to(judge.device) for k, v in judge.encode_text(queries, judge.image_tokens(grid)).items()}
     out = judge.model(
         **inputs,
-        image_grid_thw=torch.stack(grids).to(judge.device),
+        image_grid_thw=grid.to(judge.device),
         mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(tokens))},
         use_cache=False,
         logits_to_keep=1,

@@ -147,7 +147,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     if judge_loader is None:
         from onereward.judge.model import Judge
 
-        judge = Judge.load(cfg.judge, device=acc.device, dtype=dtype, gradient_checkpointing=cfg.gradient_checkpointing)
+        judge = Judge.load(cfg.judge, device=acc.device, dtype=dtype, gradient_checkpointing=cfg.gradient_checkpointing,
+                           attn_implementation=profile.attn_implementation)
     else:
         judge = judge_loader(acc.device, dtype)
     judge.requires_grad_(False).eval()
