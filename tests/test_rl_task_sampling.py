@@ -12,7 +12,8 @@ from onereward.rl.config import TrainPolicyConfig
 def _conditions() -> ConditionSet:
     tasks = ["fill", "fill", "extend", "extend", "removal", "removal"]
     keys = [f"{t}-{i:06d}" for i, t in enumerate(tasks)]
-    return ConditionSet(keys, tasks, [None] * len(tasks), torch.zeros(len(tasks), 3, 8, 8), torch.zeros(len(tasks), 1, 8, 8))
+    return ConditionSet.in_memory(keys, tasks, [None] * len(tasks), torch.zeros(len(tasks), 3, 8, 8, dtype=torch.uint8),
+                                  torch.zeros(len(tasks), 1, 8, 8, dtype=torch.uint8))
 
 
 def _tasks_drawn(cfg: TrainPolicyConfig, steps: int = 400) -> dict[str, int]:

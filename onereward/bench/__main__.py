@@ -1,4 +1,4 @@
-"""``python -m onereward.bench {shard,scale,dvc-noop,repro,judge,rl}``: see BENCHMARKS.md."""
+"""``python -m onereward.bench {shard,scale,conditions,dvc-noop,repro,judge,rl}``: see BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -55,6 +55,11 @@ def main() -> None:
     p.add_argument("phase", choices=["synthesize", "shard"])
     p.add_argument("--inputs", type=int, required=True)
     p.add_argument("--root", required=True)
+    p = sub.add_parser("conditions", help="train_policy's data-side peak memory at several dataset sizes")
+    p.add_argument("--inputs", type=int, nargs="+", default=[1_000, 10_000])
+    p = sub.add_parser("conditions-child", help=argparse.SUPPRESS)
+    p.add_argument("shards")
+    p.add_argument("--held", action="store_true")
     p = sub.add_parser("dvc-noop", help="a `dvc repro` with nothing to do")
     p.add_argument("--repeats", type=int, default=5)
     sub.add_parser("repro", help="forced `dvc repro` of every stage, timed by stage")
@@ -75,6 +80,11 @@ def main() -> None:
             print(json.dumps(data.scale(n)), flush=True)
     elif args.name == "scale-child":
         data.scale_child(args.phase, args.inputs, args.root)
+    elif args.name == "conditions":
+        for row in data.conditions_memory(args.inputs):
+            print(json.dumps(row), flush=True)
+    elif args.name == "conditions-child":
+        data.conditions_child(args.shards, args.held)
     elif args.name == "judge":
         from onereward.bench import models
 

@@ -108,3 +108,70 @@ def scale(inputs: int) -> dict:
             ).stdout
             result.update(json.loads(out.strip().splitlines()[-1]))
     return result
+
+
+def _plain_export(root: Path, inputs: int, side: int = 64) -> None:
+    """``inputs`` fill records of distinct simple images (fast to make, valid for ``shard``)."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "img").mkdir(parents=True)
+    yy, xx = np.mgrid[0:side, 0:side]
+    mask = np.zeros((side, side), np.uint8)
+    mask[side // 4: 3 * side // 4, side // 4: 3 * side // 4] = 255
+    Image.fromarray(mask).save(root / "img" / "mask.png")
+    with open(root / RECORDS_FILE, "w") as f:
+        for i in range(inputs):
+            base = np.stack([xx * 4 % 256, yy * 4 % 256, np.full_like(xx, i % 251)], -1).astype(np.uint8)
+            names = []
+            for k, shift in enumerate((0, 37, 91)):
+                Image.fromarray((base + shift).astype(np.uint8)).save(root / "img" / f"{i}_{k}.png")
+                names.append(f"img/{i}_{k}.png")
+            f.write(json.dumps({"id": f"fill-{i:06d}", "task": "fill", "prompt": "a red circle", "source": names[0],
+                                "mask": "img/mask.png", "candidates": names[1:],
+                                "labels": {"consistency": {"best": 0, "worst": 1}}}) + "\n")
+
+
+def _rss_mb() -> float:
+    """This process's resident memory now (Linux /proc; the peak elsewhere)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def conditions_child(shards: str, held: bool) -> None:
+    """Index the train split (or hold all its pixels, as train_policy did before) and draw 200
+    steps; resident memory over the imports' baseline."""
+    from onereward.rl.conditions import draw, load_conditions
+
+    base = _rss_mb()
+    start = time.perf_counter()
+    conds = load_conditions(shards, "train")
+    if held:
+        conds = conds.subset(range(len(conds)))
+    for step in range(200):
+        d = draw(conds, 0, step, 0, 4, 1, (2, 6), {"fill": 1.0})
+        conds.tensors(d.index, "cpu")
+    print(json.dumps({"train_inputs": len(conds), "seconds": round(time.perf_counter() - start, 1),
+                      "rss_growth_mb": round(_rss_mb() - base, 1)}))
+
+
+def conditions_memory(inputs: list[int]) -> list[dict]:
+    """train_policy's data side at several dataset sizes: peak memory over the imports' baseline,
+    the shard index (what train_policy uses) against every input's pixels held in memory."""
+    rows = []
+    for n in inputs:
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            _plain_export(tmp / "raw", n)
+            shard_dataset(tmp / "raw", tmp / "shards", tmp / "m.parquet", tmp / "q.jsonl",
+                          ShardConfig(split={"train": 1.0, "val": 0.0, "test": 0.0}, max_samples_per_shard=2000))
+            row = {"inputs": n}
+            for held in (False, True):
+                out = subprocess.run([sys.executable, "-m", "onereward.bench", "conditions-child", str(tmp / "shards")]
+                                     + (["--held"] if held else []), capture_output=True, text=True, check=True).stdout
+                row["held" if held else "index"] = json.loads(out.strip().splitlines()[-1])
+            rows.append(row)
+    return rows

@@ -1,7 +1,10 @@
-"""RL conditions (image, mask, prompt, task) from the shards, held in memory, drawn per step.
+"""RL conditions (image, mask, prompt, task) from the shards, drawn per step.
 
-What a step draws is a pure function of (seed, step, rank): a resumed run draws exactly what
-the uninterrupted run drew, without saving any data-loader state.
+The train split is not held in memory: ``onereward.data.index.ShardIndex`` keeps where each
+input lies and its size, and a step reads the inputs it draws. Inputs of several sizes are
+grouped by size (buckets) so that one batch shares a shape. What a step draws is a pure
+function of (seed, step, rank): a resumed run draws exactly what the uninterrupted run drew,
+without saving any data-loader state.
 """
 
 from __future__ import annotations
@@ -10,17 +13,18 @@ import contextlib
 import os
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
 
 from onereward import tasks as registry
-from onereward.data.reader import input_dataset
+from onereward.data.index import Condition, ShardIndex
 
 
 @contextlib.contextmanager
 def _whole_split():
-    """Read every shard in every process (the reader splits by RANK/WORLD_SIZE otherwise)."""
+    """Read every shard in every process (each draws from the whole split)."""
     saved = {k: os.environ.pop(k) for k in ("RANK", "WORLD_SIZE") if k in os.environ}
     try:
         yield
@@ -35,19 +39,27 @@ def key_seed(key: str) -> int:
 
 @dataclass
 class ConditionSet:
-    """Inputs of one split, sorted by key."""
+    """Inputs of one split, sorted by key: metadata in memory, pixels from ``fetch``."""
 
     keys: list[str]
     tasks: list[str]
     prompts: list[str | None]
-    images: torch.Tensor
-    """uint8 ``[N, 3, H, W]``: the user's input (region to generate greyed out)."""
-    masks: torch.Tensor
-    """uint8 ``[N, 1, H, W]``, 1 = region to generate."""
-    truths: torch.Tensor | None = None
-    """uint8 ``[N, 3, H, W]`` ground truth for the rater (validation only), or None when the data has none."""
+    sizes: list[tuple[int, int]]
+    """(height, width) of each input."""
+    fetch: Callable[[int], Condition]
+    """Input ``i``'s pixels (uint8)."""
+    has_truth: bool = False
+    """Whether every input has a ground truth for the rater (validation)."""
     contents: list[dict | None] | None = None
     """Prompted content per input for the rater, or None."""
+
+    @classmethod
+    def in_memory(cls, keys, tasks, prompts, images: torch.Tensor, masks: torch.Tensor,
+                  truths: torch.Tensor | None = None, contents=None) -> "ConditionSet":
+        """From uint8 tensors ``[N, 3, H, W]``, ``[N, 1, H, W]`` (and ground truths)."""
+        return cls(list(keys), list(tasks), list(prompts), [tuple(images.shape[-2:])] * len(keys),
+                   lambda i: Condition(images[i], masks[i], None if truths is None else truths[i]),
+                   truths is not None, contents)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -56,51 +68,53 @@ class ConditionSet:
         return np.array([i for i, t in enumerate(self.tasks) if t == task], dtype=np.int64)
 
     def subset(self, idx) -> "ConditionSet":
+        """The inputs ``idx``, their pixels read now and kept (for small sets: validation)."""
         idx = [int(i) for i in idx]
+        held = [self.fetch(i) for i in idx]
         return ConditionSet([self.keys[i] for i in idx], [self.tasks[i] for i in idx],
-                            [self.prompts[i] for i in idx], self.images[idx], self.masks[idx],
-                            None if self.truths is None else self.truths[idx],
-                            None if self.contents is None else [self.contents[i] for i in idx])
+                            [self.prompts[i] for i in idx], [self.sizes[i] for i in idx], held.__getitem__,
+                            self.has_truth, None if self.contents is None else [self.contents[i] for i in idx])
+
+    def by_size(self, idx=None) -> list[list[int]]:
+        """``idx`` (default: all) grouped by input size, groups in order of first appearance."""
+        groups: dict[tuple[int, int], list[int]] = {}
+        for i in range(len(self)) if idx is None else idx:
+            groups.setdefault(self.sizes[int(i)], []).append(int(i))
+        return list(groups.values())
+
+    def _stack(self, idx, part: str) -> torch.Tensor:
+        sizes = {self.sizes[i] for i in idx}
+        if len(sizes) > 1:
+            raise ValueError(f"inputs of one batch must share a size, got {sorted(sizes)} (draw by bucket)")
+        return torch.stack([getattr(self.fetch(i), part) for i in idx])
 
     def rater_fields(self, idx, device) -> dict | None:
         """The rater's sample fields for ``idx`` (see onereward.scoring.rater), or None without ground truth."""
-        if self.truths is None:
+        if not self.has_truth:
             return None
         idx = [int(i) for i in idx]
         images, masks = self.tensors(idx, device)
-        return {"ground_truth": self.truths[idx].to(device).float() / 255.0, "mask": masks, "source": images,
+        return {"ground_truth": self._stack(idx, "truth").to(device).float() / 255.0, "mask": masks, "source": images,
                 "task": [self.tasks[i] for i in idx], "content": [self.contents[i] for i in idx]}
 
     def tensors(self, idx, device) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [0, 1] and binary masks as float tensors."""
+        """Images in [0, 1] and binary masks as float tensors (the inputs must share a size)."""
         idx = [int(i) for i in idx]
-        return (self.images[idx].to(device).float() / 255.0, self.masks[idx].to(device).float())
+        return (self._stack(idx, "image").to(device).float() / 255.0, self._stack(idx, "mask").to(device).float())
 
     def generation_prompts(self, idx) -> list[str]:
         return [registry.generation_prompt(self.tasks[i], self.prompts[i]) for i in idx]
 
 
-def _chw(img) -> torch.Tensor:
-    return torch.from_numpy(np.array(img.convert("RGB"))).permute(2, 0, 1).contiguous()
-
-
 def load_conditions(shards_dir: str, split: str, limit: int = 0, with_truth: bool = False) -> ConditionSet:
-    """Inputs of ``split``; ``with_truth`` also keeps their ground truth (validation's rater)."""
-    rows = []
+    """Inputs of ``split`` (the first ``limit`` by key, 0: all); ``with_truth`` also reads their
+    ground truth (validation's rater). Every process indexes the whole split."""
     with _whole_split():
-        for item in input_dataset(shards_dir, split):
-            mask = torch.from_numpy((np.asarray(item["mask"].convert("L")) > 127).astype(np.uint8))[None]
-            truth = _chw(item["ground_truth"]) if with_truth and item.get("ground_truth") is not None else None
-            rows.append((item["key"], item["task"], item["prompt"], _chw(item["source"]), mask, truth, item.get("content")))
-    if not rows:
+        index = ShardIndex(shards_dir, split, with_truth=with_truth, limit=limit)
+    if not len(index):
         raise ValueError(f"no inputs in split {split!r} under {shards_dir}")
-    rows.sort(key=lambda r: r[0])
-    if limit:
-        rows = rows[:limit]
-    truths = torch.stack([r[5] for r in rows]) if all(r[5] is not None for r in rows) else None
-    return ConditionSet([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows],
-                        torch.stack([r[3] for r in rows]), torch.stack([r[4] for r in rows]),
-                        truths, [r[6] for r in rows] if truths is not None else None)
+    return ConditionSet(index.keys, index.tasks, index.prompts, index.sizes, index.fetch, index.has_truth,
+                        index.contents if index.has_truth else None)
 
 
 def validation_subset(conds: ConditionSet, size: int, seed: int) -> ConditionSet:
@@ -137,6 +151,12 @@ def draw(conds: ConditionSet, seed: int, step: int, rank: int, batch_size: int,
     task = names[int(rng.choice(len(names), p=p / p.sum()))]
     pool = conds.indices_of(task)
     index = rng.choice(pool, size=batch_size, replace=len(pool) < batch_size).tolist()
+    bucket = conds.sizes[index[0]]
+    if any(conds.sizes[i] != bucket for i in index):  # one shape per batch: the first draw's size
+        same = pool[[conds.sizes[i] == bucket for i in pool]]
+        rest = np.random.default_rng([seed, step, rank, 1]).choice(same, size=batch_size - 1,
+                                                                   replace=len(same) < batch_size - 1)
+        index = index[:1] + rest.tolist()
     ref = [key_seed(conds.keys[i]) * 16 + int(rng.integers(reference_seeds)) for i in index]
     pol = [int(s) for s in rng.integers(0, 2**31 - 1, size=batch_size)]
     t = int((np.random.default_rng([seed, step]) if same_t else rng).integers(t_range[0], t_range[1] + 1))
