@@ -47,7 +47,7 @@ def run() -> None:
 
     def inputs(split: str, shuffle: bool, seed: int):
         # every process reads every batch and trains on its share of the pairs
-        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed, by_process=False)
+        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed, by_process=False, workers=cfg.loader_workers)
 
     main_process = PartialState(cpu=profile.device == "cpu").is_main_process  # cpu: gloo over processes
     # dvcyaml=None: dvc.yaml is written by people, not by the logger

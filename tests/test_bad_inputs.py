@@ -411,6 +411,48 @@ def test_reader_skips_logs_and_counts_a_sample_that_does_not_decode(tmp_path, ca
     assert len([r for r in caplog.records if "in2" in r.getMessage()]) == 1
 
 
+def _damage(url: str, member: str) -> None:
+    """Halve one member of a shard after ``shard`` checked it."""
+    with tarfile.open(url) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(url, "w") as tar:
+        for m, data in members:
+            data = data[: len(data) // 2] if m.name == member else data
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def test_decoding_in_loader_workers_reads_the_same_inputs_and_counts_skips_here(tmp_path):
+    root = tmp_path / "raw"
+    _records(root, [good(root, f"in{i}", seed=i) for i in range(6)])
+    out = tmp_path / "out"
+    _shard(root, out, max_samples_per_shard=2)  # three shards over two workers
+    urls = shard_urls(out / "shards", "train")
+    assert len(urls) == 3
+    _damage(urls[1], "in2.cand_1.png")
+    inline, workers = SkippedSamples(), SkippedSamples()
+    one = [x["key"] for x in input_dataset(out / "shards", "train", skips=inline)]
+    two = [x["key"] for x in input_dataset(out / "shards", "train", skips=workers, workers=2)]
+    assert sorted(two) == sorted(one) == ["in0", "in1", "in3", "in4", "in5"]
+    assert list(workers.why) == list(inline.why) == ["in2"]
+
+
+def test_rl_conditions_skip_a_damaged_input_and_count_it(tmp_path, monkeypatch):
+    from onereward.rl.conditions import load_conditions
+
+    root = tmp_path / "raw"
+    _records(root, [good(root, f"in{i}", seed=i) for i in range(4)])
+    out = tmp_path / "out"
+    _shard(root, out)
+    _damage(shard_urls(out / "shards", "train")[0], "in1.source.png")
+    monkeypatch.setattr(reader.SKIPPED, "why", {})
+    conds = load_conditions(str(out / "shards"), "train")
+    assert conds.keys == ["in0", "in2", "in3"]
+    assert list(reader.SKIPPED.why) == ["in1"] and "source.png" in reader.SKIPPED.why["in1"]
+    images, masks = conds.tensors([0, 1, 2], "cpu")
+    assert images.shape[0] == 3 and masks.max() == 1
+
+
 def test_judge_scoring_leaves_out_skipped_inputs_and_still_refuses_missing_ones(tmp_path, monkeypatch):
     import torch
 

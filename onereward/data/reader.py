@@ -101,16 +101,54 @@ def _every_shard(urls):
 
 def input_dataset(
     shards_dir: str | Path, split: str, shuffle: bool = False, seed: int = 0, buffer: int = 256,
-    skips: SkippedSamples | None = None, by_process: bool = True,
-) -> wds.WebDataset:
+    skips: SkippedSamples | None = None, by_process: bool = True, workers: int = 0,
+):
     """One dict per input: key, task, prompt, tags, labels, source, mask, candidates,
     ground_truth and content (both None when the record has none; evaluation only).
 
     Samples that do not decode are skipped and recorded in ``skips`` (default :data:`SKIPPED`).
     ``by_process``: under several processes each reads its share of the shards; ``False``: every
     process reads all of them (data-parallel judge training splits each batch instead).
+    ``workers``: decode in that many DataLoader worker processes, each reading its share of the
+    shards (another order than ``workers=0``, the same inputs); an input they cannot decode is
+    recorded in ``skips`` here (a damaged tar header found by a worker is logged by it).
     """
+    if workers:
+        marked = _dataset(shards_dir, split, shuffle, seed, buffer, by_process).map(_decode_or_mark)
+        loader = wds.WebLoader(marked, batch_size=None, num_workers=workers, persistent_workers=False)
+        return _Unmarked(loader, SKIPPED if skips is None else skips)
     skips = SKIPPED if skips is None else skips
+    return _dataset(shards_dir, split, shuffle, seed, buffer, by_process, skips).map(decode_input, handler=skips)
+
+
+_SKIP_MARK = "__skipped__"
+
+
+def _decode_or_mark(sample: dict) -> dict:
+    """In a worker: the decoded input, or a mark naming the sample and why (counted by the parent)."""
+    try:
+        return decode_input(sample)
+    except UndecodableSample as e:
+        log.warning("skipping sample %s: %s", e.key, e)
+        return {_SKIP_MARK: e.key, "why": str(e)}
+
+
+class _Unmarked:
+    """Iterates a worker loader, recording marked samples as skipped instead of yielding them."""
+
+    def __init__(self, loader, skips: SkippedSamples):
+        self.loader, self.skips = loader, skips
+
+    def __iter__(self):
+        for item in self.loader:
+            if _SKIP_MARK in item:
+                self.skips.why.setdefault(item[_SKIP_MARK], item["why"])
+            else:
+                yield item
+
+
+def _dataset(shards_dir, split, shuffle, seed, buffer, by_process, skips=None) -> wds.WebDataset:
+    """The split's raw samples (shard order, optional shuffle buffer), split by process and worker."""
     urls = shard_urls(shards_dir, split)
     ds = wds.WebDataset(
         urls,
@@ -120,11 +158,11 @@ def input_dataset(
         nodesplitter=wds.split_by_node if by_process else _every_shard,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a node or worker may legitimately get no shard of a tiny split
-        handler=skips,  # a damaged tar member: skipped like an undecodable image
+        handler=skips or SKIPPED,  # a damaged tar member: skipped like an undecodable image
     )
     if shuffle:
         ds = ds.shuffle(buffer, rng=random.Random(seed))
-    return ds.map(decode_input, handler=skips)
+    return ds
 
 
 def expand_pairs(inputs, both_orders: bool = True) -> Iterator[dict]:

@@ -78,6 +78,9 @@ class TrainJudgeConfig:
     """Recompute activations in the backward pass to save memory (GPU, large judges)."""
     eval_batch_size: int = 64
     """Rows per forward pass when scoring the validation split."""
+    loader_workers: int = 0
+    """DataLoader worker processes that decode the shards (0: in the training process; another
+    count reads the inputs in another order, so the run differs from 0's)."""
     processes: int = 1
     """Data-parallel processes on this machine when no launcher started the stage (``accelerate
     launch`` or ``torchrun`` decide themselves): each takes an equal share of every batch's pairs
@@ -86,6 +89,8 @@ class TrainJudgeConfig:
     def __post_init__(self):
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"train_judge.finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.loader_workers < 0:
+            raise ValueError(f"train_judge.loader_workers must be >= 0, got {self.loader_workers}")
         if self.processes < 1:
             raise ValueError(f"train_judge.processes must be at least 1, got {self.processes}")
 
