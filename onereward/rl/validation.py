@@ -52,9 +52,9 @@ class Validator:
         overall = torch.full((n,), float("nan"))
         for group in self.conds.by_size():
             out = self.rater(torch.stack([images[i] for i in group]).float().cpu(), **self.conds.rater_fields(group, "cpu"))
-            for dim, v in out.scores.items():
-                scores.setdefault(dim, torch.full((n,), float("nan")))[group] = v.float()
-            overall[group] = out.overall().float()
+            for dim, v in out.scores.items():  # the rater's own dtype: the means are its numbers
+                scores.setdefault(dim, torch.full((n,), float("nan"), dtype=v.dtype))[group] = v
+            overall[group] = out.overall()
         rows = {}
         for task in sorted(set(self.conds.tasks)):
             sel = [i for i, t in enumerate(self.conds.tasks) if t == task]
