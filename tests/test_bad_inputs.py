@@ -461,7 +461,8 @@ def test_judge_scoring_leaves_out_skipped_inputs_and_still_refuses_missing_ones(
 
     class FakeJudge:  # P(Yes) = 0.9 for every query: the scoring path without a model
         model = torch.nn.Linear(1, 1)
-        resolution = 16  # the judge's input side: candidates are resized to it once
+        def input_size(self, height, width):  # candidates are resized to it once
+            return 16, 16
 
         def p_yes(self, first, second, queries):
             return torch.full((len(queries),), 0.9)
