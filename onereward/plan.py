@@ -342,10 +342,11 @@ def judge_side(section: dict, resolution: int) -> int:
     """Side at which the judge sees a square ``resolution`` px image: the processor's rule with
     ``judge_base``'s pixel budget (0: its square ``resolution``)."""
     from onereward.judge.image import smart_resize
+    from onereward.judge.model import JudgeMeta
 
-    side = int(section.get("resolution", 448))
-    low, high = int(section.get("min_pixels") or side**2), int(section.get("max_pixels") or side**2)
-    return smart_resize(resolution, resolution, 28, low, high)[0]
+    meta = JudgeMeta(resolution=int(section.get("resolution", 448)), min_pixels=section.get("min_pixels") or None,
+                     max_pixels=section.get("max_pixels") or None)
+    return smart_resize(resolution, resolution, 28, *meta.pixels())[0]
 
 
 def make_plan(params: dict, gpus: int = 1, resolution: int = 512, capacity_gib: float = 80.0,

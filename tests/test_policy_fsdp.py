@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_policy_train import REPO, _env, _spec_file, world  # noqa: F401  (fixture)
+from test_policy_train import REPO, _env, _spec_file, kill_at_first_checkpoint, world  # noqa: F401  (fixture)
 
 LOSS_RTOL = 1e-4
 """DDP averages gradients with an all-reduce, FSDP with a reduce-scatter: other summation order."""
@@ -43,13 +39,6 @@ def _run(root: Path, cfg, profile, port: int) -> subprocess.CompletedProcess:
 def _losses(root: Path) -> list[float]:
     rows = (root / "live" / "plots" / "metrics" / "train" / "loss.tsv").read_text().strip().splitlines()[1:]
     return [float(r.split("\t")[-1]) for r in rows]
-
-
-def _alive(pid: int):
-    try:
-        return psutil.Process(pid)
-    except psutil.NoSuchProcess:
-        return None
 
 
 def _weights(root: Path, name: str = "transformer") -> dict[str, torch.Tensor]:
@@ -100,20 +89,7 @@ def test_fsdp_loss_curve_matches_ddp_on_the_same_processes(fsdp_run, fsdp_cfg, t
 def test_killed_fsdp_run_resumes_to_the_uninterrupted_weights(fsdp_run, fsdp_cfg, tmp_path):
     clean, _ = fsdp_run
     cfg, profile = fsdp_cfg
-    proc = subprocess.Popen(_launch(tmp_path, cfg, profile, 29545), cwd=tmp_path, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 400
-    while not (tmp_path / "ckpt" / "step-000002" / "meta.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.05)
-    # the launcher and both workers (torch's elastic agent starts them in sessions of their own)
-    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-    for pid in family:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait()
-    psutil.wait_procs([p for p in map(_alive, family) if p is not None], timeout=30)
-    assert not (tmp_path / "out").exists(), "the killed run must not have finished"
+    kill_at_first_checkpoint(_launch(tmp_path, cfg, profile, 29545), tmp_path)  # the launcher and both workers
 
     resumed = _run(tmp_path, cfg, profile, 29547)
     assert "resumed from" in resumed.stdout + resumed.stderr

@@ -6,10 +6,10 @@ random tiny FLUX.1-Fill and a random tiny judge at the judge's smallest input si
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -86,6 +86,26 @@ def _weights(root: Path) -> dict[str, torch.Tensor]:
     return load_file(str(root / "out" / "transformer" / "diffusion_pytorch_model.safetensors"))
 
 
+def kill_at_first_checkpoint(cmd: list[str], root: Path, timeout: float = 400) -> None:
+    """Start ``cmd`` in ``root``; SIGKILL it and every process it started once a checkpoint is complete."""
+    import psutil
+
+    proc = subprocess.Popen(cmd, cwd=root, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    while not (root / "ckpt" / "step-000002" / "meta.json").exists():
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    # a launcher's workers too (torch's elastic agent starts them in sessions of their own)
+    family = [proc] + psutil.Process(proc.pid).children(recursive=True)
+    for p in family:
+        with contextlib.suppress(psutil.NoSuchProcess, ProcessLookupError):
+            p.kill()
+    proc.wait()
+    psutil.wait_procs([p for p in family[1:]], timeout=30)
+    assert not (root / "out").exists(), "the killed run must not have finished"
+
+
 def test_sigkill_then_rerun_equals_uninterrupted_run(world, tmp_path):
     cfg, profile = world
     clean = _run(tmp_path / "clean", cfg, profile)
@@ -93,16 +113,7 @@ def test_sigkill_then_rerun_equals_uninterrupted_run(world, tmp_path):
 
     crash = tmp_path / "crash"
     spec = _spec_file(crash, cfg, profile)
-    proc = subprocess.Popen([sys.executable, str(crash / "runner.py"), str(spec)], cwd=crash, env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not (crash / "ckpt" / "step-000002" / "meta.json").exists():
-        assert proc.poll() is None, "training ended before its first checkpoint"
-        assert time.time() < deadline, "no checkpoint appeared"
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (crash / "out").exists(), "the killed run must not have finished"
+    kill_at_first_checkpoint([sys.executable, str(crash / "runner.py"), str(spec)], crash, timeout=240)
 
     resumed = _run(crash, cfg, profile)
     assert resumed.returncode == 0, resumed.stderr[-3000:]

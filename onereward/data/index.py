@@ -9,7 +9,6 @@ streaming reader's, instead of failing a step later. Only the split's own tar fi
 
 from __future__ import annotations
 
-import json
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from onereward.data.reader import SKIPPED, UndecodableSample, _image, shard_urls
+from onereward.data.reader import SKIPPED, UndecodableSample, _image, decode_header, has_member, shard_urls
 
 WANTED = ("json", "source", "mask", "ground_truth")
 """Members of a sample a condition uses (candidates are the judge's, not RL's)."""
@@ -40,17 +39,12 @@ def _chw(img) -> torch.Tensor:
 def decode_condition(sample: dict, with_truth: bool) -> tuple[dict, Condition]:
     """A shard sample's (metadata, pixels); ``UndecodableSample`` naming the key when a part fails."""
     key = sample["__key__"]
-    try:
-        meta = json.loads(sample["json"])
-        head = {"task": meta["task"], "prompt": meta["prompt"], "content": meta.get("content")}
-    except Exception as e:  # noqa: BLE001
-        raise UndecodableSample(key, f"json: {type(e).__name__}: {e}") from None
+    head = decode_header(sample)
     mask = torch.from_numpy((np.asarray(_image(sample, "mask", "L")) > 127).astype(np.uint8))[None]
     image = _chw(_image(sample, "source", "RGB"))
     if tuple(mask.shape[-2:]) != tuple(image.shape[-2:]):
         raise UndecodableSample(key, f"mask {tuple(mask.shape[-2:])} and source {tuple(image.shape[-2:])} differ in size")
-    has_truth = any(k.split(".")[0] == "ground_truth" for k in sample)
-    truth = _chw(_image(sample, "ground_truth", "RGB")) if with_truth and has_truth else None
+    truth = _chw(_image(sample, "ground_truth", "RGB")) if with_truth and has_member(sample, "ground_truth") else None
     return head, Condition(image, mask, truth)
 
 

@@ -74,24 +74,31 @@ def shard_urls(shards_dir: str | Path, split: str) -> list[str]:
     return urls
 
 
-def decode_input(sample: dict) -> dict:
-    """A raw shard sample -> the input dict; :class:`UndecodableSample` when any part fails."""
-    key = sample.get("__key__", "?")
+def decode_header(sample: dict) -> dict:
+    """A sample's metadata (task, prompt, tags, labels, content, num_candidates); its key when it fails."""
     try:
         meta = json.loads(sample["json"])
-        n = int(meta["num_candidates"])
-        head = {k: meta[k] for k in ("task", "prompt", "tags", "labels")}
+        return {**{k: meta[k] for k in ("task", "prompt", "tags", "labels")},
+                "content": meta.get("content"), "num_candidates": int(meta["num_candidates"])}
     except Exception as e:  # noqa: BLE001
-        raise UndecodableSample(key, f"json: {type(e).__name__}: {e}") from None
-    has_truth = any(k.split(".")[0] == "ground_truth" for k in sample)
+        raise UndecodableSample(sample.get("__key__", "?"), f"json: {type(e).__name__}: {e}") from None
+
+
+def has_member(sample: dict, stem: str) -> bool:
+    return any(k.split(".")[0] == stem for k in sample)
+
+
+def decode_input(sample: dict) -> dict:
+    """A raw shard sample -> the input dict; :class:`UndecodableSample` when any part fails."""
+    head = decode_header(sample)
+    n = head.pop("num_candidates")
     return {
-        "key": key,
+        "key": sample.get("__key__", "?"),
         **head,
         "source": _image(sample, "source", "RGB"),
         "mask": _image(sample, "mask", "L"),
         "candidates": [_image(sample, f"cand_{i}", "RGB") for i in range(n)],
-        "ground_truth": _image(sample, "ground_truth", "RGB") if has_truth else None,
-        "content": meta.get("content"),
+        "ground_truth": _image(sample, "ground_truth", "RGB") if has_member(sample, "ground_truth") else None,
     }
 
 
@@ -158,7 +165,7 @@ def _dataset(shards_dir, split, shuffle, seed, buffer, by_process, skips=None) -
         nodesplitter=wds.split_by_node if by_process else _every_shard,
         workersplitter=wds.split_by_worker,
         empty_check=False,  # a node or worker may legitimately get no shard of a tiny split
-        handler=skips or SKIPPED,  # a damaged tar member: skipped like an undecodable image
+        handler=SKIPPED if skips is None else skips,  # a damaged tar member: skipped like an undecodable image
     )
     if shuffle:
         ds = ds.shuffle(buffer, rng=random.Random(seed))

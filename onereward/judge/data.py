@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import torch
 from PIL import Image
 
-from onereward.judge.image import to_tensor
+from onereward.judge.image import batch_or_list, to_tensor
 from onereward.judge.queries import QueryTemplates
 from onereward.tasks import dimensions_for
 
@@ -141,13 +141,8 @@ def stack(batch: list[Example]) -> tuple[Images, Images, list[str], torch.Tensor
     """(first, second, queries, labels); images as one tensor, or lists where sizes differ (the
     judge takes either)."""
     return (
-        _images([e.first for e in batch]),
-        _images([e.second for e in batch]),
+        batch_or_list([e.first for e in batch]),
+        batch_or_list([e.second for e in batch]),
         [e.query for e in batch],
         torch.tensor([e.label for e in batch], dtype=torch.float32),
     )
-
-
-def _images(images: list[torch.Tensor]) -> Images:
-    same = len({tuple(im.shape) for im in images}) == 1
-    return torch.stack(images) if same else images

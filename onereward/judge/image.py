@@ -187,6 +187,11 @@ def preprocess(
     return patchify(x, spec)
 
 
+def batch_or_list(images: list[torch.Tensor]):
+    """``[B, 3, H, W]`` when the images share a size, else the list itself (the judge takes either)."""
+    return torch.stack(images) if len({tuple(im.shape) for im in images}) <= 1 else images
+
+
 def to_tensor(image) -> torch.Tensor:
     """PIL image (or HWC uint8 array) -> float ``[3, H, W]`` in ``[0, 1]``."""
     arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)

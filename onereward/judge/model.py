@@ -27,7 +27,7 @@ import torch
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-from onereward.judge.image import VisionSpec, preprocess, smart_resize, to_tensor
+from onereward.judge.image import VisionSpec, batch_or_list, preprocess, smart_resize, to_tensor
 from onereward.judge.tiny import CHAT_TEMPLATE
 
 META_FILE = "judge.json"
@@ -308,8 +308,7 @@ def _as_batch(images):
     """A tensor batch, or a list of tensors when the images differ in size."""
     if isinstance(images, torch.Tensor):
         return images
-    tensors = [im if isinstance(im, torch.Tensor) else to_tensor(im) for im in images]
-    return torch.stack(tensors) if len({t.shape for t in tensors}) <= 1 else tensors
+    return batch_or_list([im if isinstance(im, torch.Tensor) else to_tensor(im) for im in images])
 
 
 def _to(images, device):

@@ -184,15 +184,16 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
 
     live = _open_live(paths, live_snapshot) if main else None
     validator = None
-    validating = main or sharded
-    if validating:
+    # the processes that validate and gather state: every one when sharded (each is a collective)
+    joins = main or sharded
+    if joins:
         with acc.autocast():
             validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device)
     if not frozen_reference:
         initial = None  # Alg. 2 needs the base only for validation's baseline images, made above
 
     def validate(step: int) -> None:
-        if validating:
+        if joins:
             with acc.autocast():
                 row = {"step": step, **validator(tr)}
         if main:
@@ -271,7 +272,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         if main:
             live.next_step()
         if done % cfg.checkpoint_every == 0 and done < cfg.steps:
-            state = (whole_trainable(tr), ema.whole(tr), optimizer_state(tr, opt)) if validating else ({}, {}, {})
+            state = (whole_trainable(tr), ema.whole(tr), optimizer_state(tr, opt)) if joins else ({}, {}, {})
             ckpt.save(done, *state, refcache, paths.live if main else None, extra={"val": val_rows})
 
     if sharded:  # one copy of the weights, in shards
@@ -282,7 +283,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
         sums = acc.gather(checksum)
         run, whole = {"world_size": acc.num_processes, "weights_in_sync": bool((sums == sums[0]).all())}, None
-    if validating and validator.last is None:  # resumed at the very end: no validation ran here
+    if joins and validator.last is None:  # resumed at the very end: no validation ran here
         with acc.autocast():
             validator(tr)
     metrics = {}
