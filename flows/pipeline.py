@@ -15,9 +15,7 @@ from flows import PROJECT_ROOT, configure_environment
 configure_environment()  # before prefect is imported, also when Prefect loads this file by path
 
 import json  # noqa: E402
-import re  # noqa: E402
 import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any, cast  # noqa: E402
 from uuid import UUID  # noqa: E402
@@ -27,7 +25,6 @@ from prefect.artifacts import (  # noqa: E402
     create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE  # noqa: E402
 from prefect.client.schemas.objects import TaskRun  # noqa: E402
@@ -36,17 +33,9 @@ from prefect.states import State  # noqa: E402
 from prefect.tasks import Task, exponential_backoff  # noqa: E402
 
 from flows.reports import REPORT_MARKDOWN, REPORT_TABLES, StageOutcome, artifact_markdown, summary_markdown  # noqa: E402
-from flows.workspace import (  # noqa: E402
-    DvcResult,
-    StageInfo,
-    experiment_command,
-    experiment_ref,
-    preflight,
-    read_at,
-    run_dvc,
-    stage_event,
-    workspace_lock,
-)
+from flows.dvc_process import DvcResult, run_dvc, workspace_lock  # noqa: E402
+from flows.progress import StageStream, set_progress  # noqa: E402
+from flows.workspace import StageInfo, experiment_command, experiment_ref, preflight, read_at  # noqa: E402
 
 FLOW_NAME = "onereward-pipeline"
 DVC_TAG = "dvc-workspace"
@@ -54,10 +43,6 @@ DVC_TAG = "dvc-workspace"
 PROGRESS_KEY = "pipeline-progress"
 SUMMARY_KEY = "pipeline-summary"
 
-_TQDM_BAR = re.compile(r"\[\d+:\d\d(?::\d\d)?(?:<[^,\]]*)?, [^\]]*\]")  # tqdm's "[00:01<00:02, 3.1it/s]"
-_TQDM_PERCENT = re.compile(r"(\d{1,3})%\|")
-_PROGRESS_EVERY_S = 2.0  # artifact updates during a stage, at most this often
-_BAR_LOG_EVERY_S = 10.0  # progress-bar lines in the logs, at most this often
 
 
 class StageFailed(RuntimeError):
@@ -83,52 +68,6 @@ def _retry_if_transient(task: Task[Any, Any], task_run: TaskRun, state: State[An
         except BaseException as e:  # noqa: BLE001 - the failure itself is what we inspect
             exc = e
     return isinstance(exc, TransientStageFailure)
-
-
-def _set_progress(progress_id: UUID | None, percent: float) -> None:
-    if progress_id is not None:
-        update_progress_artifact(artifact_id=progress_id, progress=round(min(max(percent, 0.0), 100.0), 1))
-
-
-class _StageStream:
-    """DVC's output into the logs: stage statuses noted, tqdm bars thinned and turned into progress."""
-
-    def __init__(self, progress_id: UUID | None, position: Callable[[str | None], tuple[int, int]]) -> None:
-        self.logger = get_run_logger()
-        self.progress_id = progress_id
-        self.position = position  # stage (None: the current one) -> (index, total) for the progress bar
-        self.status: dict[str, str] = {}
-        self.current: str | None = None
-        self.last_update = self.last_bar = 0.0
-        self.held_bar: str | None = None  # latest progress-bar line not logged yet
-
-    def __call__(self, line: str) -> None:
-        event = stage_event(line)
-        if event is not None:
-            self.current = event[0]
-            self.status[event[0]] = event[1]
-            index, total = self.position(event[0])
-            _set_progress(self.progress_id, 100.0 * index / total)
-        if _TQDM_BAR.search(line):  # a progress bar: move the artifact, keep the logs readable
-            now = time.monotonic()
-            m = _TQDM_PERCENT.search(line)
-            if m and (now - self.last_update >= _PROGRESS_EVERY_S or int(m.group(1)) >= 100):
-                index, total = self.position(self.current)
-                _set_progress(self.progress_id, 100.0 * (index + int(m.group(1)) / 100.0) / total)
-                self.last_update = now
-            if now - self.last_bar < _BAR_LOG_EVERY_S:
-                self.held_bar = line
-                return
-            self.last_bar = now
-        elif self.held_bar is not None:  # the bar's final state, before what follows it
-            self.logger.info(self.held_bar)
-        self.held_bar = None
-        (self.logger.error if line.startswith("ERROR") else self.logger.info)(line)
-
-    def flush(self) -> None:
-        if self.held_bar is not None:
-            self.logger.info(self.held_bar)
-            self.held_bar = None
 
 
 def _raise_for(stage: str, result: DvcResult) -> None:
@@ -162,7 +101,7 @@ def run_stage(
     total: int = 1,
 ) -> StageOutcome:
     """``dvc repro --single-item <stage>``, its output streamed line by line into the logs."""
-    stream = _StageStream(progress_id, lambda _: (index, total))
+    stream = StageStream(progress_id, lambda _: (index, total))
     start = time.monotonic()
     result = run_dvc(["repro", "--single-item", stage, *(["--pull"] if pull else [])], Path(workspace), stream)
     stream.flush()
@@ -190,7 +129,7 @@ def run_experiment(
 ) -> list[StageOutcome]:
     """``dvc exp run --temp``: the selected stages in a temporary clone, saved as experiment ``name``."""
     order = {s: i for i, s in enumerate(stages)}
-    stream = _StageStream(progress_id, lambda s: (order.get(s or "", 0), max(len(stages), 1)))
+    stream = StageStream(progress_id, lambda s: (order.get(s or "", 0), max(len(stages), 1)))
     start = time.monotonic()
     result = run_dvc(experiment_command(name, target, overrides, pull), Path(workspace), stream)
     stream.flush()
@@ -336,8 +275,8 @@ def onereward_pipeline(
                         outcomes.append(StageOutcome(stage.name, "failed"))
                         outcomes += [StageOutcome(s.name, "not run") for s in selected[i + 1 :]]
                         raise
-                    _set_progress(progress_id, 100.0 * (i + 1) / len(selected))
-            _set_progress(progress_id, 100.0)
+                    set_progress(progress_id, 100.0 * (i + 1) / len(selected))
+            set_progress(progress_id, 100.0)
             if push:
                 push_outputs(str(ws))
     except BaseException as e:

@@ -47,16 +47,8 @@ from prefect.testing.utilities import prefect_test_harness  # noqa: E402
 from flows import PROJECT_ROOT  # noqa: E402
 from flows.pipeline import onereward_pipeline  # noqa: E402
 from flows.reports import data_rows, figure7_rows, table1_rows, table2_rows  # noqa: E402
-from flows.workspace import (  # noqa: E402
-    DvcResult,
-    PreflightError,
-    WorkspaceBusy,
-    discover_stages,
-    preflight,
-    run_dvc,
-    select_stages,
-    workspace_lock,
-)
+from flows.dvc_process import DvcResult, WorkspaceBusy, run_dvc, workspace_lock  # noqa: E402
+from flows.workspace import PreflightError, discover_stages, preflight, select_stages  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 FAST = {"retries": 2, "retry_delay_seconds": 0.0, "lock_timeout_seconds": 30.0}
@@ -205,7 +197,7 @@ def test_only_signals_locks_and_network_count_as_transient() -> None:
 
 def test_workspace_lock_excludes_other_processes(tmp_path: Path) -> None:
     probe = (
-        "import sys; from pathlib import Path; from flows.workspace import workspace_lock, WorkspaceBusy\n"
+        "import sys; from pathlib import Path; from flows.dvc_process import workspace_lock, WorkspaceBusy\n"
         "try:\n"
         "    with workspace_lock(Path(sys.argv[1]), timeout=0.3, poll=0.05): print('acquired')\n"
         "except WorkspaceBusy as e: print('busy:', e)\n"
