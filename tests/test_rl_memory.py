@@ -145,6 +145,26 @@ def test_each_image_enters_the_vision_tower_once_and_rewards_match_the_per_query
     assert (grad - old_grad).abs().max() < 1e-5 * max(1.0, float(old_grad.abs().max()))
 
 
+def test_both_orders_reward_is_the_judges_order_symmetric_score_with_gradient(judge_dir):
+    from onereward.judge.model import Judge
+    from onereward.rl.rollout import judge_rewards
+
+    judge = Judge.load(judge_dir).requires_grad_(False).eval()
+    torch.manual_seed(2)
+    first, second = torch.rand(2, 3, 64, 64, requires_grad=True), torch.rand(2, 3, 64, 64)
+    prompts = ["a red cube", None]
+    one = judge_rewards(judge, first, second, "fill", prompts)
+    both = judge_rewards(judge, first, second, "fill", prompts, orders="both")
+    with torch.no_grad():
+        symmetric = judge.symmetric_score(first[both.sample], second[both.sample], _queries("fill", prompts))
+    assert (both.p_yes - symmetric).abs().max() < 1e-5
+    assert (both.p_yes - one.p_yes).abs().max() > 1e-3  # the second order changes the reward
+    (grad,) = torch.autograd.grad(both.p_yes.sum(), first)
+    assert grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="orders"):
+        judge_rewards(judge, first, second, "fill", prompts, orders="reversed")
+
+
 def _queries(task, prompts):
     from onereward import tasks
     from onereward.judge.queries import render_query

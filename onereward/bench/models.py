@@ -17,6 +17,7 @@ from onereward.bench.data import median_time
 from onereward.config import active_profile, section
 from onereward.judge.data import examples, read_query_table, stack
 from onereward.judge.model import Judge
+from onereward.judge.params import judge_section
 from onereward.rl.conditions import draw, load_conditions
 from onereward.rl.config import TrainPolicyConfig
 from onereward.rl.rollout import Rollouts, capped_loss, generators, judge_rewards
@@ -25,8 +26,13 @@ SHARDS = Path("data/shards")
 QUERIES = Path("data/queries.parquet")
 
 
+def _policy_config() -> TrainPolicyConfig:
+    """train_policy's settings with the active profile's overrides, as the stage reads them."""
+    return judge_section(TrainPolicyConfig, "train_policy")[0]
+
+
 def _judge_path() -> Path:
-    trained = Path(section(TrainPolicyConfig, "train_policy").judge)
+    trained = Path(_policy_config().judge)
     return trained if trained.exists() else Path("data/models/judge_base")
 
 
@@ -80,7 +86,7 @@ def rl_iteration(iterations: int) -> dict:
     """
     from onereward.policy.adapter import DTYPES, FillPolicy
 
-    cfg = section(TrainPolicyConfig, "train_policy")
+    cfg = _policy_config()
     profile = active_profile()
     device, dtype = profile.device, DTYPES[profile.dtype]
     policy = FillPolicy.load(profile.policy_model, device, dtype)
@@ -127,3 +133,53 @@ def rl_iteration(iterations: int) -> dict:
         "alg1_cache_saving": round(1 - cached_total / total, 3),
     }
 
+
+
+@torch.no_grad()
+def defect_preference(inputs_per_task: int, split: str = "val") -> list[dict]:
+    """Does the judge fall for a defect the rater sees? For each task and each hand-made defect
+    (``onereward.data.defects``): the base policy's own outputs (RL's sampling settings) against
+    the same outputs with that defect in the region; per dimension, the judge's order-symmetric
+    preference for the spoiled image (0.5: none, above: the judge prefers the defect) beside the
+    rater's mean score change (below 0: the rater sees it as worse). A defect the judge prefers
+    while the rater marks it down is a way for RL to raise the reward and lower the quality."""
+    import numpy as np
+
+    from onereward import tasks as registry
+    from onereward.data.defects import DEFECTS
+    from onereward.judge.queries import render_query
+    from onereward.policy.adapter import FillPolicy
+    from onereward.policy.known import GenerationConfig
+    from onereward.rl.conditions import key_seed
+    from onereward.scoring import build_scorer
+
+    cfg = _policy_config()
+    policy = FillPolicy.load(active_profile().policy_model)
+    judge = Judge.load(_judge_path()).requires_grad_(False).eval()
+    rollouts = Rollouts(policy, cfg, section(GenerationConfig, "generation"))
+    conds = load_conditions(str(SHARDS), split, with_truth=True)
+    rater = build_scorer("rater")
+    rows = []
+    for task in registry.TASKS:
+        for group in conds.by_size([int(i) for i in conds.indices_of(task)][:inputs_per_task]):
+            images, masks = conds.tensors(group, "cpu")
+            base = rollouts.sample(images, masks, conds.generation_prompts(group),
+                                   [key_seed(conds.keys[i]) * 16 + 15 for i in group], policy.transformer)
+            fields = conds.rater_fields(group, "cpu")
+            base_scores = rater(base, **fields).scores
+            prompts = [conds.prompts[i] for i in group]
+            pairs = [(i, d) for i, p in enumerate(prompts) for d in registry.dimensions_for(task, p)]
+            queries = [render_query(task, d, prompts[i]) for i, d in pairs]
+            for kind, defect in DEFECTS.items():
+                rng = np.random.default_rng([len(rows), 3])
+                spoiled = torch.stack([
+                    torch.from_numpy(defect((img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), m[0].numpy() > 0.5, rng))
+                    .permute(2, 0, 1).float() / 255 for img, m in zip(base, masks)])
+                scores = rater(spoiled, **fields).scores
+                pref = judge.symmetric_score(spoiled[[i for i, _ in pairs]], base[[i for i, _ in pairs]], queries)
+                for d in dict.fromkeys(d for _, d in pairs):
+                    sel = [k for k, (_, dd) in enumerate(pairs) if dd == d]
+                    rows.append({"task": task, "defect": kind, "dimension": d, "inputs": len(sel),
+                                 "judge_preference": round(float(pref[sel].mean()), 3),
+                                 "rater_change": round(float((scores[d] - base_scores[d]).nanmean()), 4)})
+    return rows

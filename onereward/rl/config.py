@@ -49,6 +49,9 @@ class TrainPolicyConfig:
     """Gradient clipping (global L2 norm)."""
     reward_cap: float = 0.9
     """lambda: loss_d = max(0, lambda - r_d); rewards above it give no gradient (anti reward hacking)."""
+    reward_orders: str = "first"
+    """'first': r_d = P(Yes | policy, reference), the paper's Alg. 1; 'both': the mean of that and
+    P(No | reference, policy), the order-symmetric score Table 1 measures the judge with."""
     ema_decay: float = 0.95
     """EMA rate: ema <- decay * ema + (1 - decay) * policy, after every step."""
     num_inference_steps: int = 8
@@ -108,6 +111,8 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.finetune not in ("full", "lora"):
             raise ValueError(f"train_policy.finetune must be 'full' or 'lora', got {self.finetune!r}")
+        if self.reward_orders not in ("first", "both"):
+            raise ValueError(f"train_policy.reward_orders must be 'first' or 'both', got {self.reward_orders!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"train_policy.parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.parallel == "fsdp" and self.finetune != "full":

@@ -73,11 +73,16 @@ class Rewards:
         return out
 
 
-def judge_rewards(judge, first, second, task: str, prompts: list[str | None]) -> Rewards:
-    """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample.
+def judge_rewards(judge, first, second, task: str, prompts: list[str | None], orders: str = "first") -> Rewards:
+    """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample
+    (``orders="first"``, the paper's Alg. 1), or with ``orders="both"`` the order-symmetric
+    1/2 [P(Yes | first, second, q) + P(No | second, first, q)], the score the judge is trained
+    (Eq. 3 on both orders) and evaluated with.
 
     Each image enters the judge's vision tower once; ``second`` (the reference) without gradient.
     """
+    if orders not in ("first", "both"):
+        raise ValueError(f"reward orders must be 'first' or 'both', got {orders!r}")
     sample, dims, queries = [], [], []
     for i, prompt in enumerate(prompts):
         for d in registry.dimensions_for(task, prompt):
@@ -86,7 +91,10 @@ def judge_rewards(judge, first, second, task: str, prompts: list[str | None]) ->
             queries.append(render_query(task, d, prompt))
     with torch.no_grad():
         reference = vision_features(judge, second)
-    p = pair_p_yes(judge, vision_features(judge, first), reference, sample, queries)
+    policy = vision_features(judge, first)
+    p = pair_p_yes(judge, policy, reference, sample, queries)
+    if orders == "both":
+        p = 0.5 * (p + 1 - pair_p_yes(judge, reference, policy, sample, queries))
     return Rewards(p, sample, dims, task)
 
 

@@ -245,7 +245,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         with acc.autocast():
             ref = reference(d, images, masks, prompts)
             img = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model)
-            rewards = judge_rewards(judge, img, ref, d.task, raw_prompts)
+            rewards = judge_rewards(judge, img, ref, d.task, raw_prompts, cfg.reward_orders)
             loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
         acc.backward(loss)
         grad_norm = float(full(acc.clip_grad_norm_(params, cfg.max_grad_norm)))  # a DTensor when sharded
