@@ -134,23 +134,24 @@ def rl_iteration(iterations: int) -> dict:
     }
 
 
-
 @torch.no_grad()
 def defect_preference(inputs_per_task: int, split: str = "val") -> list[dict]:
     """Does the judge fall for a defect the rater sees? For each task and each hand-made defect
-    (``onereward.data.defects``): the base policy's own outputs (RL's sampling settings) against
-    the same outputs with that defect in the region; per dimension, the judge's order-symmetric
-    preference for the spoiled image (0.5: none, above: the judge prefers the defect) beside the
-    rater's mean score change (below 0: the rater sees it as worse). A defect the judge prefers
-    while the rater marks it down is a way for RL to raise the reward and lower the quality."""
+    (``onereward.data.defects``): the base policy's own outputs (validation's baseline images:
+    RL's sampling settings and noise) against the same outputs with that defect in the region;
+    per dimension, the judge's order-symmetric preference for the spoiled image (0.5: none, above:
+    the judge prefers the defect) beside the rater's mean score change (below 0: the rater sees it
+    as worse). A defect the judge prefers while the rater marks it down is a way for RL to raise
+    the reward and lower the quality."""
     import numpy as np
 
     from onereward import tasks as registry
-    from onereward.data.defects import DEFECTS
+    from onereward.data.defects import DEFECTS, spoil
+    from onereward.judge.image import to_tensor
     from onereward.judge.queries import render_query
     from onereward.policy.adapter import FillPolicy
     from onereward.policy.known import GenerationConfig
-    from onereward.rl.conditions import key_seed
+    from onereward.rl.validation import Validator
     from onereward.scoring import build_scorer
 
     cfg = _policy_config()
@@ -159,24 +160,25 @@ def defect_preference(inputs_per_task: int, split: str = "val") -> list[dict]:
     rollouts = Rollouts(policy, cfg, section(GenerationConfig, "generation"))
     conds = load_conditions(str(SHARDS), split, with_truth=True)
     rater = build_scorer("rater")
+    rng = np.random.default_rng(0)
     rows = []
     for task in registry.TASKS:
-        for group in conds.by_size([int(i) for i in conds.indices_of(task)][:inputs_per_task]):
-            images, masks = conds.tensors(group, "cpu")
-            base = rollouts.sample(images, masks, conds.generation_prompts(group),
-                                   [key_seed(conds.keys[i]) * 16 + 15 for i in group], policy.transformer)
-            fields = conds.rater_fields(group, "cpu")
-            base_scores = rater(base, **fields).scores
-            prompts = [conds.prompts[i] for i in group]
+        sub = conds.subset(conds.indices_of(task)[:inputs_per_task])
+        base = Validator(sub, rollouts, judge, policy.transformer, cfg.batch_size, "cpu").base
+        for group in sub.by_size():
+            images = torch.stack([base[i] for i in group])
+            masks = sub.tensors(group, "cpu")[1][:, 0].numpy() > 0.5
+            fields = sub.rater_fields(group, "cpu")
+            base_scores = rater(images, **fields).scores
+            prompts = [sub.prompts[i] for i in group]
             pairs = [(i, d) for i, p in enumerate(prompts) for d in registry.dimensions_for(task, p)]
             queries = [render_query(task, d, prompts[i]) for i, d in pairs]
-            for kind, defect in DEFECTS.items():
-                rng = np.random.default_rng([len(rows), 3])
-                spoiled = torch.stack([
-                    torch.from_numpy(defect((img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), m[0].numpy() > 0.5, rng))
-                    .permute(2, 0, 1).float() / 255 for img, m in zip(base, masks)])
+            first = [i for i, _ in pairs]
+            for kind in DEFECTS:
+                spoiled = torch.stack([to_tensor(spoil(kind, (img.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8), m, rng))
+                                       for img, m in zip(images, masks)])
                 scores = rater(spoiled, **fields).scores
-                pref = judge.symmetric_score(spoiled[[i for i, _ in pairs]], base[[i for i, _ in pairs]], queries)
+                pref = judge.symmetric_score(spoiled[first], images[first], queries)
                 for d in dict.fromkeys(d for _, d in pairs):
                     sel = [k for k, (_, dd) in enumerate(pairs) if dd == d]
                     rows.append({"task": task, "defect": kind, "dimension": d, "inputs": len(sel),

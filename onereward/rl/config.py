@@ -8,6 +8,7 @@ from onereward.rl.sharding import PARALLEL
 from onereward.tasks import TASKS, rl_task_weights
 
 ALGORITHMS = ("reference_ema", "dynamic")
+REWARD_ORDERS = ("first", "both")
 
 
 @dataclass(frozen=True)
@@ -111,8 +112,8 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.finetune not in ("full", "lora"):
             raise ValueError(f"train_policy.finetune must be 'full' or 'lora', got {self.finetune!r}")
-        if self.reward_orders not in ("first", "both"):
-            raise ValueError(f"train_policy.reward_orders must be 'first' or 'both', got {self.reward_orders!r}")
+        if self.reward_orders not in REWARD_ORDERS:
+            raise ValueError(f"train_policy.reward_orders must be one of {REWARD_ORDERS}, got {self.reward_orders!r}")
         if self.parallel not in PARALLEL:
             raise ValueError(f"train_policy.parallel must be one of {PARALLEL}, got {self.parallel!r}")
         if self.parallel == "fsdp" and self.finetune != "full":

@@ -10,7 +10,7 @@ from onereward import tasks as registry
 from onereward.judge.queries import render_query
 from onereward.policy.adapter import Condition, FillPolicy
 from onereward.policy.known import GenerationConfig, finish
-from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.config import REWARD_ORDERS, TrainPolicyConfig
 from onereward.rl.judging import pair_p_yes, vision_features
 
 
@@ -81,8 +81,8 @@ def judge_rewards(judge, first, second, task: str, prompts: list[str | None], or
 
     Each image enters the judge's vision tower once; ``second`` (the reference) without gradient.
     """
-    if orders not in ("first", "both"):
-        raise ValueError(f"reward orders must be 'first' or 'both', got {orders!r}")
+    if orders not in REWARD_ORDERS:
+        raise ValueError(f"reward orders must be one of {REWARD_ORDERS}, got {orders!r}")
     sample, dims, queries = [], [], []
     for i, prompt in enumerate(prompts):
         for d in registry.dimensions_for(task, prompt):
