@@ -52,14 +52,25 @@ class Condition:
     def __len__(self) -> int:
         return self.masked.shape[0]
 
+    def take(self, rows: torch.Tensor | slice) -> "Condition":
+        """The conditions of batch rows ``rows`` (an index tensor or a slice)."""
+        return replace(self, prompt_embeds=self.prompt_embeds[rows], pooled=self.pooled[rows], masked=self.masked[rows])
+
+    @classmethod
+    def cat(cls, parts: list["Condition"]) -> "Condition":
+        """Batches of one image size stacked into one."""
+        if len({(c.height, c.width) for c in parts}) != 1:
+            raise ValueError("Condition.cat: the batches have different image sizes")
+        return replace(
+            parts[0],
+            prompt_embeds=torch.cat([c.prompt_embeds for c in parts]),
+            pooled=torch.cat([c.pooled for c in parts]),
+            masked=torch.cat([c.masked for c in parts]),
+        )
+
     def repeat2(self, other: "Condition") -> "Condition":
         """Self stacked on ``other`` along the batch (cond + uncond in one pass for true CFG)."""
-        return replace(
-            self,
-            prompt_embeds=torch.cat([self.prompt_embeds, other.prompt_embeds]),
-            pooled=torch.cat([self.pooled, other.pooled]),
-            masked=torch.cat([self.masked, other.masked]),
-        )
+        return Condition.cat([self, other])
 
 
 class FillPolicy:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from onereward import tasks
 from onereward.data import scenes as syn
-from onereward.policy.adapter import FillPolicy
+from onereward.policy.adapter import Condition, FillPolicy
 from onereward.policy.quality import BaseBar
 
 
@@ -51,6 +51,12 @@ class PretrainConfig:
     """Share of fill examples whose region gets the prompted object or text drawn in."""
     pool_size: int = 2048
     """Examples drawn once and sampled (with flips) by both phases."""
+    encode_batch_size: int = 64
+    """Examples per VAE call when the flow phase encodes the pool."""
+    processes: int = 1
+    """Data-parallel processes on this machine (``onereward.launch``): each takes an equal share of
+    every batch and DDP averages the gradients. All processes draw the same batches and noise, so a
+    step is the one-process step up to float summation order."""
     bar: BaseBar = field(default_factory=BaseBar)
     """What the trained base must reach before it makes preference data (onereward.policy.quality)."""
 
@@ -100,6 +106,66 @@ class ExamplePool:
         return t, m, [self.prompts[i] for i in idx]
 
 
+class EncodedPool:
+    """The pool as the flow phase's transformer sees it, encoded once: every example's FLUX-Fill
+    condition (``FillPolicy.encode_condition``) and target latents, as drawn and mirrored.
+
+    Encoding a batch twice with the VAE took two thirds of a flow step. The price: the VAE
+    posterior's noise in an encoding is drawn once per example and mirror, not once per step
+    (its spread is small: the posterior starts nearly deterministic and the KL weight is tiny).
+    """
+
+    def __init__(self, policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig, gen: torch.Generator):
+        n, chunk = len(pool.prompts), cfg.encode_batch_size
+        conds, latents = [], []
+        with tqdm(total=2 * n, desc="base_model encode", unit="ex") as bar:
+            for mirrored in (False, True):
+                for s in range(0, n, chunk):
+                    t, m = pool.targets[s : s + chunk], pool.masks[s : s + chunk]
+                    if mirrored:
+                        t, m = t.flip(-1), m.flip(-1)
+                    conds.append(policy.encode_condition(t, m, pool.prompts[s : s + chunk], gen))
+                    latents.append(policy.encode_latents(t, gen))
+                    bar.update(len(t))
+        self.size = n
+        self.cond = Condition.cat(conds)
+        self.latents = torch.cat(latents)
+
+    def batch(self, rng, batch_size: int) -> tuple[torch.Tensor, Condition]:
+        """(target latents, conditions) of random examples, each mirrored with probability 1/2
+        (the same draws as ``ExamplePool.batch``)."""
+        idx = rng.integers(0, self.size, size=batch_size)
+        rows = torch.from_numpy(idx + self.size * (rng.random(batch_size) < 0.5))
+        return self.latents[rows], self.cond.take(rows)
+
+
+def _share(batch_size: int, acc) -> slice:
+    """This process's part of a batch that every process drew in full."""
+    world, rank = acc.num_processes, acc.process_index
+    if batch_size % world:
+        raise ValueError(f"base_model: a batch of {batch_size} does not split over {world} processes")
+    per = batch_size // world
+    return slice(rank * per, (rank + 1) * per)
+
+
+def _mean_over_processes(loss: torch.Tensor, acc) -> float:
+    return float(acc.reduce(loss.detach(), reduction="mean")) if acc.num_processes > 1 else loss.item()
+
+
+class AutoencoderLoss(torch.nn.Module):
+    """The VAE phase's loss as one ``forward`` (DDP synchronises gradients of ``forward`` calls):
+    reconstruction (L1 + MSE) of a posterior sample plus a small KL term."""
+
+    def __init__(self, vae, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        post = self.vae.encode(x).latent_dist
+        rec = self.vae.decode(post.mean + post.std * noise).sample  # = post.sample() with this noise
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x) + self.kl_weight * post.kl().mean()
+
+
 def _cosine(opt, steps: int):
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * s / max(1, steps))))
 
@@ -112,7 +178,14 @@ def _crop(x: torch.Tensor, side: int, rng) -> torch.Tensor:
     return x[..., top : top + side, left : left + side]
 
 
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)  # the tiny profile pre-trains on the CPU; gloo over processes
+
+
 def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dict:
+    acc = _accelerator()
     vae = policy.vae
     # Start the posterior nearly deterministic (log-variance -10): with the default init its
     # std is ~1 and the decoder first has to learn to see through that noise.
@@ -121,63 +194,76 @@ def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dic
         out.weight[vae.config.latent_channels :] = 0
         out.bias[vae.config.latent_channels :] = -10.0
     vae.train().requires_grad_(True)
+    runner = acc.prepare_model(AutoencoderLoss(vae, cfg.vae_kl_weight))  # DDP over several processes
+    mine = _share(cfg.vae_batch_size, acc)
+    factor = 2 ** (len(vae.config.block_out_channels) - 1)
     rng = np.random.default_rng([cfg.seed, 1])
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.vae_steps)
-    bar = tqdm(range(cfg.vae_steps), desc="base_model vae", unit="step")
+    bar = tqdm(range(cfg.vae_steps), desc="base_model vae", unit="step", disable=not acc.is_main_process)
     for _ in bar:
         x, _, _ = pool.batch(rng, cfg.vae_batch_size)
         x = _crop(x * 2 - 1, cfg.vae_crop, rng)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample(gen)).sample
-        loss = F.l1_loss(rec, x) + F.mse_loss(rec, x) + cfg.vae_kl_weight * post.kl().mean()
+        b, _, h, w = x.shape
+        noise = torch.randn((b, vae.config.latent_channels, h // factor, w // factor), generator=gen)
+        loss = runner(x[mine], noise[mine])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP averages the gradients over the processes here
         opt.step()
         sched.step()
-        bar.set_postfix(loss=f"{loss.item():.4f}")
+        loss_value = _mean_over_processes(loss, acc)
+        bar.set_postfix(loss=f"{loss_value:.4f}")
     vae.eval().requires_grad_(False)
     # FLUX normalises latents as (z - shift) * scale; measure both on fresh crops.
     with torch.no_grad():
         z = torch.cat([vae.encode(pool.batch(rng, 64)[0] * 2 - 1).latent_dist.mode() for _ in range(4)])
     shift, scale = float(z.mean()), float(1.0 / z.std())
     vae.register_to_config(shift_factor=round(shift, 4), scaling_factor=round(scale, 4))
-    return {"vae_loss": float(loss.detach()), "vae_shift": shift, "vae_scale": scale}
+    return {"vae_loss": loss_value, "vae_shift": shift, "vae_scale": scale}
 
 
-def flow_loss(policy: FillPolicy, targets, masks, prompts, gen) -> torch.Tensor:
-    """Rectified-flow loss of FLUX-Fill: predict v = noise - x0 from x_t = (1-s) x0 + s noise."""
-    cond = policy.encode_condition(targets, masks, prompts, gen)
-    x0 = policy.encode_latents(targets, gen)
+def flow_loss(policy: FillPolicy, x0: torch.Tensor, cond: Condition, gen, mine: slice = slice(None),
+              transformer=None) -> torch.Tensor:
+    """Rectified-flow loss of FLUX-Fill: predict v = noise - x0 from x_t = (1-s) x0 + s noise.
+
+    Noise and timesteps are drawn for the whole batch (every process draws the same); the loss
+    is over the rows ``mine``.
+    """
     noise = torch.randn(x0.shape, generator=gen, dtype=x0.dtype)
     # Timesteps shifted as the scheduler shifts them for this resolution (FLUX's dynamic shift).
     _, sigmas = policy.timesteps(1000, cond.height, cond.width)
     idx = torch.randint(0, 1000, (x0.shape[0],), generator=gen)
     s = sigmas[idx].to(x0.dtype)[:, None, None]
     xt = (1 - s) * x0 + s * noise
-    v = policy.velocity(xt, s.flatten() * 1000, cond)
+    x0, noise, s, xt = x0[mine], noise[mine], s[mine], xt[mine]
+    v = policy.velocity(xt, s.flatten() * 1000, cond.take(mine), transformer=transformer)
     return F.mse_loss(v.float(), (noise - x0).float())
 
 
 def train_transformer(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dict:
+    acc = _accelerator()
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    encoded = EncodedPool(policy, pool, cfg, gen)
     tr = policy.transformer
     tr.train().requires_grad_(True)
+    runner = acc.prepare_model(tr)
+    mine = _share(cfg.batch_size, acc)
     rng = np.random.default_rng([cfg.seed, 2])
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
     opt = torch.optim.AdamW(tr.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.steps)
-    bar = tqdm(range(cfg.steps), desc="base_model flow", unit="step")
+    bar = tqdm(range(cfg.steps), desc="base_model flow", unit="step", disable=not acc.is_main_process)
     ema = None
     for _ in bar:
-        targets, masks, prompts = pool.batch(rng, cfg.batch_size)
-        loss = flow_loss(policy, targets, masks, prompts, gen)
+        x0, cond = encoded.batch(rng, cfg.batch_size)
+        loss = flow_loss(policy, x0, cond, gen, mine, transformer=runner)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
         opt.step()
         sched.step()
-        ema = loss.item() if ema is None else 0.98 * ema + 0.02 * loss.item()
+        value = _mean_over_processes(loss, acc)
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
         bar.set_postfix(loss=f"{ema:.4f}")
     tr.eval().requires_grad_(False)
     return {"flow_loss": ema}
