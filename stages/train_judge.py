@@ -45,9 +45,12 @@ def run() -> None:
     meta = JudgeMeta.read(BASE)
     base = meta.base if meta and meta.base else str(BASE)
 
+    decoded: dict[str, dict] = {"train": {}, "val": {}}
+
     def inputs(split: str, shuffle: bool, seed: int):
         # every process reads every batch and trains on its share of the pairs
-        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed, by_process=False, workers=cfg.loader_workers)
+        return input_dataset(SHARDS, split, shuffle=shuffle, seed=seed, by_process=False, workers=cfg.loader_workers,
+                             keep=decoded[split] if cfg.keep_inputs else None)
 
     main_process = PartialState(cpu=profile.device == "cpu").is_main_process  # cpu: gloo over processes
     # dvcyaml=None: dvc.yaml is written by people, not by the logger

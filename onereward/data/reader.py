@@ -14,6 +14,7 @@ import io
 import json
 import logging
 import random
+from functools import partial
 from pathlib import Path
 from typing import Iterator
 
@@ -108,7 +109,7 @@ def _every_shard(urls):
 
 def input_dataset(
     shards_dir: str | Path, split: str, shuffle: bool = False, seed: int = 0, buffer: int = 256,
-    skips: SkippedSamples | None = None, by_process: bool = True, workers: int = 0,
+    skips: SkippedSamples | None = None, by_process: bool = True, workers: int = 0, keep: dict | None = None,
 ):
     """One dict per input: key, task, prompt, tags, labels, source, mask, candidates,
     ground_truth and content (both None when the record has none; evaluation only).
@@ -119,13 +120,25 @@ def input_dataset(
     ``workers``: decode in that many DataLoader worker processes, each reading its share of the
     shards (another order than ``workers=0``, the same inputs); an input they cannot decode is
     recorded in ``skips`` here (a damaged tar header found by a worker is logged by it).
+    ``keep``: a dict the decoded inputs stay in, by key, so that a split read again (every epoch
+    of training) decodes each input once; it grows with the split, so it is for small sets.
     """
+    if keep is not None and workers:
+        raise ValueError("input_dataset: keep holds inputs decoded in this process; it cannot be used with workers")
     if workers:
         marked = _dataset(shards_dir, split, shuffle, seed, buffer, by_process).map(_decode_or_mark)
         loader = wds.WebLoader(marked, batch_size=None, num_workers=workers, persistent_workers=False)
         return _Unmarked(loader, SKIPPED if skips is None else skips)
     skips = SKIPPED if skips is None else skips
-    return _dataset(shards_dir, split, shuffle, seed, buffer, by_process, skips).map(decode_input, handler=skips)
+    decode = decode_input if keep is None else partial(_decode_kept, keep)
+    return _dataset(shards_dir, split, shuffle, seed, buffer, by_process, skips).map(decode, handler=skips)
+
+
+def _decode_kept(keep: dict, sample: dict) -> dict:
+    key = sample.get("__key__", "?")
+    if key not in keep:
+        keep[key] = decode_input(sample)
+    return keep[key]
 
 
 _SKIP_MARK = "__skipped__"

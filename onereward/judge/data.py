@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Union
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -85,7 +86,8 @@ class Example:
     order: int
 
 
-def examples(inputs: Iterable[dict], rows: list[dict], judge_size: SizeRule | None = None) -> Iterator[Example]:
+def examples(inputs: Iterable[dict], rows: list[dict], judge_size: SizeRule | None = None,
+             resized: dict | None = None) -> Iterator[Example]:
     """Join input samples (``input_dataset`` dicts) with their query rows.
 
     ``judge_size``: the judge's size rule (``Judge.input_size``); each candidate is resized once,
@@ -93,6 +95,8 @@ def examples(inputs: Iterable[dict], rows: list[dict], judge_size: SizeRule | No
     differentiable resize computes exactly these pixels (it emulates PIL), so this only saves
     resizing an image again for every row it appears in. A size the rule would change again is
     left to the judge (``smart_resize`` is not always idempotent near the pixel bounds).
+    ``resized``: a dict each input's resized candidates stay in (uint8, by key), for a stream
+    that comes round again (training epochs).
     """
     by_key: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
@@ -101,7 +105,12 @@ def examples(inputs: Iterable[dict], rows: list[dict], judge_size: SizeRule | No
         mine = by_key.get(item["key"])
         if not mine:
             continue
-        cands = [to_tensor(_resized(c, judge_size)) for c in item["candidates"]]
+        arrays = resized.get(item["key"]) if resized is not None else None
+        if arrays is None:
+            arrays = [np.asarray(_resized(c, judge_size).convert("RGB")) for c in item["candidates"]]
+            if resized is not None:
+                resized[item["key"]] = arrays
+        cands = [to_tensor(a) for a in arrays]
         for r in mine:
             yield Example(cands[r["first"]], cands[r["second"]], r["query"], r["label"], r["key"], r["task"], r["dimension"], r["order"])
 

@@ -9,7 +9,7 @@ tasks: fills with a prompted object or text drawn in, extends with the fixed pro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -113,23 +113,34 @@ class EncodedPool:
     Encoding a batch twice with the VAE took two thirds of a flow step. The price: the VAE
     posterior's noise in an encoding is drawn once per example and mirror, not once per step
     (its spread is small: the posterior starts nearly deterministic and the KL weight is tiny).
+    Rows are example i at row i and its mirror at row n + i; each process encodes an equal range
+    of rows and all of them gather the whole. Each batch of rows draws its posterior noise from
+    its own seed, so the encodings do not depend on the process count (when a process's range is
+    whole batches, as with the default 2 x 2,048 rows).
     """
 
-    def __init__(self, policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig, gen: torch.Generator):
-        n, chunk = len(pool.prompts), cfg.encode_batch_size
+    def __init__(self, policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig, acc):
+        n, world, rank = len(pool.prompts), acc.num_processes, acc.process_index
+        if 2 * n % world:
+            raise ValueError(f"base_model: {2 * n} pool rows (mirrors included) do not split over {world} processes")
+        per = 2 * n // world
         conds, latents = [], []
-        with tqdm(total=2 * n, desc="base_model encode", unit="ex") as bar:
-            for mirrored in (False, True):
-                for s in range(0, n, chunk):
-                    t, m = pool.targets[s : s + chunk], pool.masks[s : s + chunk]
-                    if mirrored:
-                        t, m = t.flip(-1), m.flip(-1)
-                    conds.append(policy.encode_condition(t, m, pool.prompts[s : s + chunk], gen))
-                    latents.append(policy.encode_latents(t, gen))
-                    bar.update(len(t))
+        bar = tqdm(total=per, desc="base_model encode", unit="ex", disable=not acc.is_main_process)
+        for start in range(rank * per, (rank + 1) * per, cfg.encode_batch_size):
+            row = torch.arange(start, min(start + cfg.encode_batch_size, (rank + 1) * per))
+            i, mirrored = row % n, (row >= n)[:, None, None, None]
+            t = torch.where(mirrored, pool.targets[i].flip(-1), pool.targets[i])
+            m = torch.where(mirrored, pool.masks[i].flip(-1), pool.masks[i])
+            gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + start)
+            conds.append(policy.encode_condition(t, m, [pool.prompts[k] for k in i.tolist()], gen))
+            latents.append(policy.encode_latents(t, gen))
+            bar.update(len(row))
+        bar.close()
+        mine = Condition.cat(conds)
         self.size = n
-        self.cond = Condition.cat(conds)
-        self.latents = torch.cat(latents)
+        self.cond = replace(mine, prompt_embeds=acc.gather(mine.prompt_embeds), pooled=acc.gather(mine.pooled),
+                            masked=acc.gather(mine.masked))
+        self.latents = acc.gather(torch.cat(latents))
 
     def batch(self, rng, batch_size: int) -> tuple[torch.Tensor, Condition]:
         """(target latents, conditions) of random examples, each mirrored with probability 1/2
@@ -243,8 +254,8 @@ def flow_loss(policy: FillPolicy, x0: torch.Tensor, cond: Condition, gen, mine: 
 
 def train_transformer(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dict:
     acc = _accelerator()
+    encoded = EncodedPool(policy, pool, cfg, acc)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    encoded = EncodedPool(policy, pool, cfg, gen)
     tr = policy.transformer
     tr.train().requires_grad_(True)
     runner = acc.prepare_model(tr)
