@@ -242,3 +242,29 @@ def test_lora_reaches_the_vision_tower_and_merger_when_targeted(base, tmp_path):
     first, second, queries, _ = stack(list(examples(DATA["train"], rows)))
     with torch.no_grad():  # merged into the base by the pipeline's loader: the same answers
         assert torch.allclose(Judge.load(out).margin(first, second, queries), judge.margin(first, second, queries), atol=1e-4)
+
+
+def test_training_forward_encodes_each_distinct_image_once_with_the_same_margins(base):
+    """Both orders of a pair show the same two images: the training forward sends each through
+    the vision tower once and gives the margins, and gradients, of the plain forward."""
+    from onereward.judge.model import DistinctImagesForward
+
+    rows = rows_for(DATA["train"], "train")[:8]  # four pairs, both orders of each
+    first, second, queries, label = stack(list(examples(DATA["train"], rows)))
+    runs = {}
+    for name in ("plain", "distinct"):
+        judge = Judge.load(base)
+        judge.model.requires_grad_(True)
+        patches = []
+        hook = judge.model.model.visual.register_forward_hook(lambda m, args, out: patches.append(args[0].shape[0]))
+        model = DistinctImagesForward(judge.model) if name == "distinct" else None
+        margin = judge.margin(first, second, queries, model=model)
+        eq3_loss(margin, label).backward()
+        hook.remove()
+        grads = {n: p.grad.clone() for n, p in judge.model.named_parameters() if p.grad is not None}
+        runs[name] = (margin.detach(), sum(patches), grads)
+    (m_plain, n_plain, g_plain), (m_distinct, n_distinct, g_distinct) = runs["plain"], runs["distinct"]
+    assert n_distinct * 2 == n_plain  # 8 distinct images instead of 16
+    assert torch.allclose(m_plain, m_distinct, atol=1e-5)
+    assert g_plain.keys() == g_distinct.keys()
+    assert all(torch.allclose(g_plain[n], g_distinct[n], atol=1e-6, rtol=1e-4) for n in g_plain)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from onereward.judge.image import VisionSpec, batch_or_list, preprocess, smart_resize, to_tensor
@@ -105,6 +106,52 @@ def p_yes_from_logits(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Te
 def yes_no_margin(logits: torch.Tensor, yes_id: int, no_id: int) -> torch.Tensor:
     """``logit_Yes - logit_No`` in float32; ``log P(Yes) = logsigmoid(margin)``."""
     return (logits[..., yes_id] - logits[..., no_id]).float()
+
+
+def answer_logits(model, text: dict, grid: torch.Tensor, features) -> torch.Tensor:
+    """``[B, V]`` next-token logits at the answer position of chats ``text`` (``Judge.encode_text``)
+    whose images, in chat order, have the merged vision tokens ``features`` and the rows ``grid``
+    of ``image_grid_thw``: the language model on vision features computed elsewhere."""
+    out = model(
+        **text,
+        image_grid_thw=grid,
+        mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(features))},
+        use_cache=False,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+class DistinctImagesForward(torch.nn.Module):
+    """The judge's forward pass with every distinct image through the vision tower once.
+
+    ``index[k]``: which distinct image the k-th image of the chats (chat order) is. In training
+    both orders of a pair show the same two images, so this halves the vision tower's work. One
+    module, so that DDP sees the vision tower and the language model in one forward.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values, distinct_grid, index: list[int], **text) -> torch.Tensor:
+        features = self.model.get_image_features(pixel_values, distinct_grid, return_dict=True).pooler_output
+        return answer_logits(self.model, text, distinct_grid[index], [features[j] for j in index])
+
+
+def distinct_images(images) -> tuple[list[torch.Tensor], list[int]]:
+    """(the distinct images of ``images`` in first-seen order, each image's index among them)."""
+    seen: dict[tuple, list[int]] = defaultdict(list)  # cheap key -> candidates, confirmed by torch.equal
+    distinct, index = [], []
+    for im in images:
+        key = (tuple(im.shape), float(im.sum()))
+        match = next((j for j in seen[key] if torch.equal(distinct[j], im)), None)
+        if match is None:
+            match = len(distinct)
+            seen[key].append(match)
+            distinct.append(im)
+        index.append(match)
+    return distinct, index
 
 
 class Judge(torch.nn.Module):
@@ -268,13 +315,21 @@ class Judge(torch.nn.Module):
         """``[B]`` logit_Yes - logit_No; differentiable w.r.t. the images and trainable weights.
         Images as in ``encode_images`` (a batch tensor, or lists of images of any sizes).
 
-        ``model``: what runs the forward pass instead of ``self.model`` (its DDP wrapper in training)."""
+        ``model``: a :class:`DistinctImagesForward` of ``self.model`` (or its DDP wrapper, in
+        training) that runs the forward pass instead; repeated images are then encoded once."""
         if len(queries) != len(first):
             raise ValueError(f"{len(queries)} queries for {len(first)} image pairs")
         device = self.device
+        if model is not None:
+            distinct, index = distinct_images([im for pair in zip(first, second) for im in pair])
+            images = self._encode_mixed(_to(distinct, device))
+            grid = images["image_grid_thw"][index]
+            text = {k: v.to(device) for k, v in self.encode_text(queries, self.image_tokens(grid)).items()}
+            logits = model(images["pixel_values"].to(self.model.dtype), images["image_grid_thw"], index, **text)
+            return yes_no_margin(logits, self.yes_id, self.no_id)
         images = self.encode_images(_to(first, device), _to(second, device))
         inputs = {k: v.to(device) for k, v in self.encode_text(queries, self.image_tokens(images["image_grid_thw"])).items()}
-        out = (model or self.model)(
+        out = self.model(
             **inputs,
             pixel_values=images["pixel_values"].to(self.model.dtype),
             image_grid_thw=images["image_grid_thw"],

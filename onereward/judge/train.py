@@ -29,7 +29,7 @@ from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, dumps_json
 from onereward.judge.data import Example, batched, examples, shuffled, stack
 from onereward.judge.metrics import pair_results, summarize
-from onereward.judge.model import Judge, JudgeMeta
+from onereward.judge.model import DistinctImagesForward, Judge, JudgeMeta
 
 InputsFn = Callable[[str, bool, int], Iterable[dict]]
 """(split, shuffle, seed) -> input samples as ``onereward.data.reader.input_dataset`` yields them."""
@@ -288,7 +288,9 @@ def train(
     for p in params:
         p.data = p.data.float()
     amp = (lambda: torch.autocast(judge.device.type, dtype=weight_dtype)) if mixed else nullcontext  # noqa: E731
-    runner = acc.prepare_model(judge.model)  # DDP over several processes, the model itself over one
+    # DDP over several processes, the module itself over one; each distinct image of a batch
+    # goes through the vision tower once (both orders of a pair share their two images)
+    runner = acc.prepare_model(DistinctImagesForward(judge.model))
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
     fingerprint = cfg.fingerprint(**judge.size_rule(), rows=rows_digest, world=world)

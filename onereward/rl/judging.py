@@ -18,10 +18,9 @@ import functools
 import torch
 from torch.utils.checkpoint import checkpoint
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from onereward.judge.image import preprocess
-from onereward.judge.model import yes_no_margin
+from onereward.judge.model import answer_logits, yes_no_margin
 
 _WRAPPED = "_onereward_checkpointed"
 
@@ -71,11 +70,5 @@ def pair_p_yes(judge, first, second, pairs: list[int], queries: list[str]) -> to
         grids += [f_grid[i], s_grid[i]]
     grid = torch.stack(grids)
     inputs = {k: v.to(judge.device) for k, v in judge.encode_text(queries, judge.image_tokens(grid)).items()}
-    out = judge.model(
-        **inputs,
-        image_grid_thw=grid.to(judge.device),
-        mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=tuple(tokens))},
-        use_cache=False,
-        logits_to_keep=1,
-    )
-    return torch.sigmoid(yes_no_margin(out.logits[:, -1], judge.yes_id, judge.no_id))
+    logits = answer_logits(judge.model, inputs, grid.to(judge.device), tokens)
+    return torch.sigmoid(yes_no_margin(logits, judge.yes_id, judge.no_id))
