@@ -43,3 +43,9 @@ def data_parallel(fn: Callable[..., Any], processes: int, *args) -> Any:
         monitor_interval=0.5, start_method="spawn",
     )
     return elastic_launch(config, fn)(*args)[0]
+
+
+def mean_over_processes(value, acc) -> float:
+    """A scalar tensor averaged over the processes of ``acc`` (an ``accelerate.Accelerator``), as a
+    float: what a data-parallel run logs as its loss."""
+    return float(acc.reduce(value.detach(), reduction="mean")) if acc.num_processes > 1 else value.item()

@@ -268,3 +268,16 @@ def test_training_forward_encodes_each_distinct_image_once_with_the_same_margins
     assert torch.allclose(m_plain, m_distinct, atol=1e-5)
     assert g_plain.keys() == g_distinct.keys()
     assert all(torch.allclose(g_plain[n], g_distinct[n], atol=1e-6, rtol=1e-4) for n in g_plain)
+
+
+def test_kept_resized_candidates_are_the_ones_resized_afresh(base):
+    """``keep_inputs``: a later epoch reads the candidates kept from the first, pixel for pixel."""
+    judge = Judge.load(base)
+    rows = rows_for(DATA["train"], "train")
+    kept: dict = {}
+    fresh = list(examples(DATA["train"], rows, judge.input_size))
+    first_epoch = list(examples(DATA["train"], rows, judge.input_size, kept))
+    later_epoch = list(examples(DATA["train"], rows, judge.input_size, kept))
+    assert set(kept) == {x["key"] for x in DATA["train"]}
+    for a, b, c in zip(fresh, first_epoch, later_epoch):
+        assert torch.equal(a.first, b.first) and torch.equal(a.first, c.first) and torch.equal(a.second, c.second)

@@ -30,6 +30,7 @@ from onereward.io import atomic_path, dumps_json
 from onereward.judge.data import Example, batched, examples, shuffled, stack
 from onereward.judge.metrics import pair_results, summarize
 from onereward.judge.model import DistinctImagesForward, Judge, JudgeMeta
+from onereward.launch import mean_over_processes
 
 InputsFn = Callable[[str, bool, int], Iterable[dict]]
 """(split, shuffle, seed) -> input samples as ``onereward.data.reader.input_dataset`` yields them."""
@@ -83,8 +84,8 @@ class TrainJudgeConfig:
     count reads the inputs in another order, so the run differs from 0's)."""
     keep_inputs: bool = False
     """Keep every input decoded and resized after its first epoch instead of decoding it again
-    (the same bits; memory grows with the split: about 0.4 GB a process for the embedded default's
-    1,730 training inputs, so off for a real annotation set)."""
+    (the same bits; memory grows with the split: about 0.75 GB a process for the embedded
+    default's 1,885 training inputs, BENCHMARKS.md, so off for a real annotation set)."""
     processes: int = 1
     """Data-parallel processes on this machine when no launcher started the stage (``accelerate
     launch`` or ``torchrun`` decide themselves): each takes an equal share of every batch's pairs
@@ -315,7 +316,7 @@ def train(
         loss.backward()  # DDP averages the gradients over the processes here
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
-        losses.append(float(acc.reduce(loss.detach(), reduction="mean")) if world > 1 else loss.item())
+        losses.append(mean_over_processes(loss, acc))
         bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
         done = step + 1
         if done % cfg.eval_every == 0 or done == cfg.steps:

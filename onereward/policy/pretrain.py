@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from onereward import tasks
 from onereward.data import scenes as syn
+from onereward.launch import mean_over_processes
 from onereward.policy.adapter import Condition, FillPolicy
 from onereward.policy.quality import BaseBar
 
@@ -159,10 +160,6 @@ def _share(batch_size: int, acc) -> slice:
     return slice(rank * per, (rank + 1) * per)
 
 
-def _mean_over_processes(loss: torch.Tensor, acc) -> float:
-    return float(acc.reduce(loss.detach(), reduction="mean")) if acc.num_processes > 1 else loss.item()
-
-
 class AutoencoderLoss(torch.nn.Module):
     """The VAE phase's loss as one ``forward`` (DDP synchronises gradients of ``forward`` calls):
     reconstruction (L1 + MSE) of a posterior sample plus a small KL term."""
@@ -223,7 +220,7 @@ def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dic
         loss.backward()  # DDP averages the gradients over the processes here
         opt.step()
         sched.step()
-        loss_value = _mean_over_processes(loss, acc)
+        loss_value = mean_over_processes(loss, acc)
         bar.set_postfix(loss=f"{loss_value:.4f}")
     vae.eval().requires_grad_(False)
     # FLUX normalises latents as (z - shift) * scale; measure both on fresh crops.
@@ -273,7 +270,7 @@ def train_transformer(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig
         torch.nn.utils.clip_grad_norm_(tr.parameters(), 1.0)
         opt.step()
         sched.step()
-        value = _mean_over_processes(loss, acc)
+        value = mean_over_processes(loss, acc)
         ema = value if ema is None else 0.98 * ema + 0.02 * value
         bar.set_postfix(loss=f"{ema:.4f}")
     tr.eval().requires_grad_(False)
