@@ -1,29 +1,43 @@
 """What decides CPU numerics, fixed in one place from ``params.yaml`` ``numerics``.
 
-On CPU, torch's results depend on how many threads split a reduction and on which vector
-instruction set its kernels (ATen, MKL, oneDNN) dispatch to. Both differ between machines by
-default (torch uses one thread per core and the widest ISA the CPU has), so every stage pins
-them before torch does any work: ``python -m stages.<name>`` calls :func:`pin_from_params`
-from ``stages/__init__.py``, ahead of the first ``import torch``.
+On CPU, torch's results depend on how many threads split a reduction, on which vector
+instruction set its kernels dispatch to, and on the CPU's vendor and cache sizes. All three
+differ between machines by default, so every stage pins them before torch does any work:
+``python -m stages.<name>`` calls :func:`pin_from_params` from ``stages/__init__.py``, ahead of
+the first ``import torch``.
 
-The ISA variables are read when torch's libraries load, so they only take effect in a fresh
-process; the thread counts are also applied to an already-imported torch.
+- Threads: one intra-op and one inter-op thread (the core count then decides nothing).
+- ATen's own kernels (elementwise, reductions, softmax): compiled per ISA, the same code on any
+  CPU that has it; ``ATEN_CPU_CAPABILITY`` fixes the ISA.
+- MKL (float32 matmul and linear): its reproducible branches other than COMPATIBLE are "available
+  only for Intel processors", so an AMD CPU given ``MKL_CBWR=AVX2`` computes other bits (seen:
+  the committed reports did not regenerate on an AMD EPYC). COMPATIBLE (SSE2, no approximate
+  reciprocals) is the one branch MKL keeps equal on Intel and AMD, with fixed cache sizes.
+- oneDNN and NNPACK (convolutions, some linear layers): they block their loops by the cache
+  sizes of the CPU at hand, so a CPU with another L2 gets other bits. ``portable_kernels`` turns
+  them off (torch then convolves with its own im2col + MKL GEMM).
+- OpenBLAS (numpy's, inside scikit-image): ``OPENBLAS_CORETYPE`` fixes its kernel family.
+
+The environment variables are read when the libraries load, so they only take effect in a fresh
+process; the thread counts and torch's backend flags are also applied to an imported torch.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 from pathlib import Path
 
 import yaml
 
 ISA_VARIABLES = {
-    # ATen's own kernels (elementwise, reductions, softmax, ...), MKL's code path (matmul; its
-    # Conditional Numerical Reproducibility mode) and oneDNN's (mkldnn convolutions and matmuls)
-    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2"},
-    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE"},
+    # ATen's kernels; MKL's branch (the cross-vendor one, see above); oneDNN's ceiling (used only
+    # where portable_kernels is off); OpenBLAS's kernel family
+    "avx2": {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "COMPATIBLE,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX2",
+             "OPENBLAS_CORETYPE": "Haswell"},
+    # AVX-512 machines only; MKL's AVX512 branch is Intel's alone
+    "avx512": {"ATEN_CPU_CAPABILITY": "avx512", "MKL_CBWR": "AVX512,STRICT", "ONEDNN_MAX_CPU_ISA": "AVX512_CORE",
+               "OPENBLAS_CORETYPE": "SkylakeX"},
 }
 
 
@@ -39,8 +53,11 @@ class NumericsConfig:
     """torch inter-op threads."""
     cpu_isa: str = "avx2"
     """Vector instruction set the CPU kernels dispatch to. ``avx2`` runs on every x86-64 CPU of the
-    last decade and gives the same bits on AVX-512 machines; ``native`` leaves torch's choice
-    (fastest, but bits then depend on the CPU)."""
+    last decade, Intel or AMD, and gives the same bits on AVX-512 machines; ``native`` leaves the
+    libraries' choice (fastest, but bits then depend on the CPU)."""
+    portable_kernels: bool = True
+    """oneDNN and NNPACK off: their cache-size blocking would make bits depend on the CPU model.
+    Costs about 45% on the tiny generator's sampling (BENCHMARKS.md); false: faster, machine-bound bits."""
 
     def __post_init__(self):
         if self.threads < 1 or self.interop_threads < 1:
@@ -49,21 +66,25 @@ class NumericsConfig:
             raise ValueError(f"params.numerics.cpu_isa must be native or one of {sorted(ISA_VARIABLES)}, got {self.cpu_isa!r}")
 
     def environment(self) -> dict[str, str]:
-        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads)}
+        env = {"OMP_NUM_THREADS": str(self.threads), "MKL_NUM_THREADS": str(self.threads),
+               "OPENBLAS_NUM_THREADS": str(self.threads)}
         return {**env, **ISA_VARIABLES.get(self.cpu_isa, {})}
 
 
 def pin(cfg: NumericsConfig) -> None:
-    """Apply ``cfg`` to this process (and the processes it starts)."""
+    """Apply ``cfg`` to this process (and the processes it starts); imports torch after the
+    environment is set, so that its libraries load with it."""
     os.environ.update(cfg.environment())
-    if "torch" in sys.modules:
-        import torch
+    import torch
 
-        torch.set_num_threads(cfg.threads)
-        try:
-            torch.set_num_interop_threads(cfg.interop_threads)
-        except RuntimeError:  # only settable before the first inter-op task; already fixed then
-            pass
+    torch.set_num_threads(cfg.threads)
+    try:
+        torch.set_num_interop_threads(cfg.interop_threads)
+    except RuntimeError:  # only settable before the first inter-op task; already fixed then
+        pass
+    if cfg.portable_kernels:
+        torch.backends.mkldnn.enabled = False
+        torch.backends.nnpack.enabled = False
 
 
 def config_from_params(path: str | Path = "params.yaml") -> NumericsConfig:

@@ -10,21 +10,25 @@ import pytest
 from onereward.numerics import NumericsConfig
 
 REPO = Path(__file__).resolve().parents[1]
-PROBE = "import stages, torch; print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability())"
+PROBE = ("import stages, torch; print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), "
+         "torch.backends.mkldnn.enabled, torch.backends.nnpack.enabled)")
 
 
 def test_a_stage_process_ignores_the_machines_thread_and_isa_settings():
     env = {**os.environ, "OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "ATEN_CPU_CAPABILITY": "default"}
     out = subprocess.run([sys.executable, "-c", PROBE], cwd=REPO, env=env, capture_output=True, text=True, check=True)
-    threads, isa = out.stdout.split()
+    threads, isa, onednn, nnpack = out.stdout.split()
     cfg = NumericsConfig()  # params.yaml's values are the defaults
     assert int(threads) == cfg.threads and isa == cfg.cpu_isa.upper()
+    assert onednn == nnpack == "False"  # cache-size-blocked kernels off (portable_kernels)
 
 
 def test_environment_names_every_library():
     env = NumericsConfig(threads=2, cpu_isa="avx2").environment()
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "2"
-    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["MKL_CBWR"].startswith("AVX2") and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["ATEN_CPU_CAPABILITY"] == "avx2" and env["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    assert env["MKL_CBWR"] == "COMPATIBLE,STRICT"  # MKL's one branch equal on Intel and AMD
+    assert env["OPENBLAS_CORETYPE"] == "Haswell" and env["OPENBLAS_NUM_THREADS"] == "2"
     assert "ATEN_CPU_CAPABILITY" not in NumericsConfig(cpu_isa="native").environment()
 
 

@@ -139,3 +139,36 @@ def test_sizes_must_be_multiples_of_16(policy):
 def test_task_presets_use_registry_prompts():
     assert task_prompts(["removal", "extend", "extend", "fill"], ["ignored", None, "a cat", "a dog"]) == [
         "remove", "high-definition, perfect composition", "a cat", "a dog"]
+
+
+def test_anchor_drift_is_zero_against_itself_and_pulls_back_a_moved_policy(policy):
+    """train_policy.anchor_weight: the squared distance of the one-step x0 to the reference's."""
+    import copy
+
+    from onereward.rl.config import TrainPolicyConfig
+    from onereward.rl.rollout import Rollouts
+
+    rollouts = Rollouts(policy, TrainPolicyConfig(num_inference_steps=4, t_range=(1, 2)))
+    images, masks = _inputs(2)
+    args = (images, masks, ["a red circle", "remove"], [3, 4], 2)
+    tr = policy.transformer
+    _, same = rollouts.one_step_x0(*args, tr, tr, anchor_model=tr)
+    assert same.shape == (2,) and torch.equal(same, torch.zeros(2))
+    _, none = rollouts.one_step_x0(*args, tr, tr)
+    assert none is None  # no anchor: the paper's loss
+
+    moved = copy.deepcopy(tr)
+    with torch.no_grad():
+        for p in moved.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())))
+    moved.requires_grad_(True)
+    _, drift = rollouts.one_step_x0(*args, moved, moved, anchor_model=tr)
+    assert (drift > 0).all()
+    drift.mean().backward()
+    step = [(p, p.grad) for p in moved.parameters() if p.grad is not None]
+    assert step
+    with torch.no_grad():  # a small step down the anchor's gradient brings the policy back
+        for p, g in step:
+            p.sub_(1e-3 * g / max(float(g.norm()), 1e-12))
+        _, after = rollouts.one_step_x0(*args, moved, moved, anchor_model=tr)
+    assert float(after.mean()) < float(drift.mean())

@@ -121,7 +121,8 @@ def test_two_clean_copies_give_identical_reports(tmp_path, stand_ins):
 
 # What a machine decides unless params.numerics pins it: thread counts and the kernels' ISA.
 MACHINES = {"a": {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"},
-            "b": {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "ATEN_CPU_CAPABILITY": "default"}}
+            "b": {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "AUTO",
+                  "OPENBLAS_CORETYPE": "Zen"}}
 
 
 def test_whole_micro_pipeline_twice_gives_identical_reports(tmp_path):

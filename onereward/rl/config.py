@@ -53,6 +53,10 @@ class TrainPolicyConfig:
     reward_orders: str = "first"
     """'first': r_d = P(Yes | policy, reference), the paper's Alg. 1; 'both': the mean of that and
     P(No | reference, policy), the order-symmetric score Table 1 measures the judge with."""
+    anchor_weight: float = 0.0
+    """beta: adds beta * mean squared distance between the policy's one-step x0 latent and the
+    reference's (Alg. 1: the frozen base; Alg. 2: the EMA) from the same x_t, the flow-matching
+    form of the KL penalty peers add (Flow-GRPO's beta). 0: the paper's loss, no anchor."""
     ema_decay: float = 0.95
     """EMA rate: ema <- decay * ema + (1 - decay) * policy, after every step."""
     num_inference_steps: int = 8
@@ -132,6 +136,8 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.ema_device must be 'accelerator' or 'cpu', got {self.ema_device!r}")
         if self.prompt_cache_size < max(self.batch_size, 1) + 1:  # a batch's prompts and the negative one
             raise ValueError(f"train_policy.prompt_cache_size must be at least batch_size + 1, got {self.prompt_cache_size}")
+        if self.anchor_weight < 0:
+            raise ValueError(f"train_policy.anchor_weight must be >= 0, got {self.anchor_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train_policy.ema_decay must be in [0, 1)")
 

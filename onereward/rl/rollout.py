@@ -41,13 +41,23 @@ class Rollouts:
         out = self.policy.sample(cond, noise, self.cfg.num_inference_steps, **self.velocity_kwargs(cond, transformer))
         return finish(out, images, masks, self.generation)
 
-    def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model) -> torch.Tensor:
-        """Denoise to schedule index ``t`` without gradient, then x0 in one step with gradient, decoded."""
+    def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model, anchor_model=None):
+        """Denoise to schedule index ``t`` without gradient, then x0 in one step with gradient, decoded.
+
+        With ``anchor_model``: also the mean squared distance between that x0 latent and the one
+        ``anchor_model`` predicts from the same x_t (no gradient through it), per sample; else None.
+        """
         p, n = self.policy, self.cfg.num_inference_steps
         cond, noise = p.prepare(images, masks, prompts, generators(seeds, images.device))
         x_t = p.denoise(noise, cond, n, stop=t, **self.velocity_kwargs(cond, rollout_model))
+        anchor_x0 = None
+        if anchor_model is not None:
+            with torch.no_grad():
+                anchor_x0 = p.predict_x0(x_t, t, cond, n, **self.velocity_kwargs(cond, anchor_model))
         x0 = p.predict_x0(x_t, t, cond, n, **self.velocity_kwargs(cond, grad_model))
-        return finish(p.decode(x0, cond.height, cond.width), images, masks, self.generation)
+        image = finish(p.decode(x0, cond.height, cond.width), images, masks, self.generation)
+        drift = None if anchor_x0 is None else (x0.float() - anchor_x0.float()).square().flatten(1).mean(1)
+        return image, drift
 
 
 @dataclass

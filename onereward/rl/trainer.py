@@ -244,9 +244,12 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         raw_prompts = [train_conds.prompts[i] for i in d.index]
         with acc.autocast():
             ref = reference(d, images, masks, prompts)
-            img = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model)
+            anchor = None if not cfg.anchor_weight else initial.bind(tr) if frozen_reference else ema.bind(tr)
+            img, drift = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model, anchor)
             rewards = judge_rewards(judge, img, ref, d.task, raw_prompts, cfg.reward_orders)
             loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
+            if drift is not None:
+                loss = loss + cfg.anchor_weight * drift.mean()
         acc.backward(loss)
         grad_norm = float(full(acc.clip_grad_norm_(params, cfg.max_grad_norm)))  # a DTensor when sharded
         for g in opt.param_groups:
@@ -262,6 +265,8 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
                 live.log_metric(k, logged.pop(k))
             live.log_metric("train/grad_norm", grad_norm)
             live.log_metric("train/t", d.t)
+            if drift is not None:
+                live.log_metric("train/anchor_drift", float(drift.detach().mean()))
             for k, v in logged.items():
                 live.log_metric(k, v)
             bar.set_postfix(loss=f"{float(loss.detach()):.3f}", reward=f"{float(rewards.per_sample(len(d.index)).mean()):.3f}",
