@@ -7,12 +7,18 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
-import yaml
-
-from onereward.data.synthetic import SynthesizeConfig, synthesize
+from onereward.numerics import pin_from_params
 
 REPO = Path(__file__).resolve().parents[1]
+# The tests' own computations use the numerics every stage pins, before torch loads: the bits a
+# test compares in-process are then the same on any CPU (unpinned, MKL and oneDNN pick kernels by
+# the CPU, and a weight swapped back in can round differently from the weight it replaced).
+pin_from_params(REPO / "params.yaml")
+
+import pytest  # noqa: E402
+import yaml  # noqa: E402
+
+from onereward.data.synthetic import SynthesizeConfig, synthesize  # noqa: E402
 # Never copied into a temporary repository: outputs, caches and local state.
 _TOP_LEVEL_SKIP = {".git", ".dvc", "data", ".prefect", "dvclive", ".pytest_cache", "build", ".venv", "dvc_plots"}
 _ANYWHERE = shutil.ignore_patterns("__pycache__", "*.egg-info", ".tmp-*")
