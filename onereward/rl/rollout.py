@@ -41,7 +41,8 @@ class Rollouts:
         out = self.policy.sample(cond, noise, self.cfg.num_inference_steps, **self.velocity_kwargs(cond, transformer))
         return finish(out, images, masks, self.generation)
 
-    def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model, anchor_model=None):
+    def one_step_x0(self, images, masks, prompts, seeds, t: int, rollout_model, grad_model,
+                    anchor_model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Denoise to schedule index ``t`` without gradient, then x0 in one step with gradient, decoded.
 
         With ``anchor_model``: also the mean squared distance between that x0 latent and the one

@@ -211,6 +211,10 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
                           f"since step 0 ({', '.join(signs)}): reward hacking")
         acc.wait_for_everyone()
 
+    def reference_model():
+        """Alg. 1: the frozen base; Alg. 2: the EMA model (the rollout reference and the anchor)."""
+        return initial.bind(tr) if frozen_reference else ema.bind(tr)
+
     def reference(d, images, masks, prompts) -> torch.Tensor:
         """Alg. 1: frozen base, cached by (condition, seed). Alg. 2: the EMA model, recomputed."""
         keys = [f"{train_conds.keys[i]}|{s}" for i, s in zip(d.index, d.ref_seeds)]
@@ -221,7 +225,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
             todo = list(range(len(keys))) if float(anyone) > 0 else []
         out = [refcache.get(k) for k in keys]
         if todo:
-            runner = initial.bind(tr) if frozen_reference else ema.bind(tr)
+            runner = reference_model()
             fresh = rollouts.sample(images[todo], masks[todo], [prompts[j] for j in todo], [d.ref_seeds[j] for j in todo], runner)
             for j, img in zip(todo, fresh):
                 if j in missing:
@@ -244,7 +248,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         raw_prompts = [train_conds.prompts[i] for i in d.index]
         with acc.autocast():
             ref = reference(d, images, masks, prompts)
-            anchor = None if not cfg.anchor_weight else initial.bind(tr) if frozen_reference else ema.bind(tr)
+            anchor = reference_model() if cfg.anchor_weight else None
             img, drift = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model, anchor)
             rewards = judge_rewards(judge, img, ref, d.task, raw_prompts, cfg.reward_orders)
             loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
