@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import subprocess
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -163,15 +162,24 @@ def verify_checksums(root: str | Path, name: str = "SHA256SUMS") -> list[str]:
     return bad
 
 
+CODE_FOLDERS = ("onereward", "stages", "templates")
+"""What the stages run; their files' bytes name the code version in the model card."""
+
+
 def code_version(repo: Path = Path(".")) -> str:
-    """``<commit>`` (``+dirty`` when the tree has changes), or why there is none."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unavailable (not a git checkout)"
-    return commit + ("+dirty" if dirty else "")
+    """sha256 over the files under :data:`CODE_FOLDERS` (path and bytes, caches left out).
+
+    By content, not a git commit: the commit that records an export's hash in dvc.lock cannot be
+    named inside that export, so a card holding the commit would never regenerate byte for byte
+    in a fresh clone. The same code gives the same version in any checkout, committed or not."""
+    h = hashlib.sha256()
+    files = [f for folder in CODE_FOLDERS for f in (repo / folder).rglob("*")
+             if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"]
+    if not files:
+        return "unavailable (no code folders under " + str(repo) + ")"
+    for f in sorted(files, key=lambda f: f.relative_to(repo).as_posix()):
+        h.update(f"{f.relative_to(repo).as_posix()}\0{sha256(f)}\n".encode())
+    return "sha256:" + h.hexdigest()
 
 
 def data_versions(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> dict[str, dict[str, str]]:
@@ -227,7 +235,7 @@ class CardInfo:
     params: dict
     """params.yaml sections that shaped the model (profile, training stages, export)."""
     code_version: str
-    """Git commit of the code, or why it is unknown."""
+    """Content digest of the code (:func:`code_version`)."""
     data_versions: dict
     """dvc.lock: stage -> output -> md5."""
     metrics: dict

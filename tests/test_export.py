@@ -197,3 +197,20 @@ def test_transformer_only_export_loads_on_its_base(exported, tmp_path):
     live = load_file(str(exported["full"] / "transformer" / "diffusion_pytorch_model.safetensors"))
     state = policy.transformer.state_dict()
     assert all(torch.equal(state[k], v) for k, v in live.items())
+
+
+def test_code_version_names_the_code_by_content_not_by_commit(tmp_path):
+    """A fresh clone of any commit with the same code writes the same card bytes; a changed file changes it."""
+    from onereward.export import code_version
+
+    for repo in ("a", "b"):
+        for rel, text in (("onereward/x.py", "x = 1\n"), ("stages/s.py", "main()\n"), ("templates/q.yaml", "q: 1\n")):
+            (tmp_path / repo / rel).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / repo / rel).write_text(text)
+    (tmp_path / "b" / "onereward" / "__pycache__").mkdir()
+    (tmp_path / "b" / "onereward" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0cache")
+    a, b = code_version(tmp_path / "a"), code_version(tmp_path / "b")
+    assert a == b and a.startswith("sha256:")
+    (tmp_path / "b" / "stages" / "s.py").write_text("main(1)\n")
+    assert code_version(tmp_path / "b") != a
+    assert code_version(tmp_path / "empty").startswith("unavailable")
