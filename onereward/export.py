@@ -162,24 +162,24 @@ def verify_checksums(root: str | Path, name: str = "SHA256SUMS") -> list[str]:
     return bad
 
 
-CODE_FOLDERS = ("onereward", "stages", "templates")
-"""What the stages run; their files' bytes name the code version in the model card."""
+CODE_FOLDERS = ("onereward/", "stages/", "templates/")
+"""Dependencies under these folders are code; the rest of a stage's dependencies are data and params."""
 
 
-def code_version(repo: Path = Path(".")) -> str:
-    """sha256 over the files under :data:`CODE_FOLDERS` (path and bytes, caches left out).
+def code_version(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> str:
+    """sha256 over the code dependencies (path and md5) that dvc.lock records for the stages this
+    export is built from: the code that made its weights and data.
 
-    By content, not a git commit: the commit that records an export's hash in dvc.lock cannot be
-    named inside that export, so a card holding the commit would never regenerate byte for byte
-    in a fresh clone. The same code gives the same version in any checkout, committed or not."""
-    h = hashlib.sha256()
-    files = [f for folder in CODE_FOLDERS for f in (repo / folder).rglob("*")
-             if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc"]
-    if not files:
-        return "unavailable (no code folders under " + str(repo) + ")"
-    for f in sorted(files, key=lambda f: f.relative_to(repo).as_posix()):
-        h.update(f"{f.relative_to(repo).as_posix()}\0{sha256(f)}\n".encode())
-    return "sha256:" + h.hexdigest()
+    From dvc.lock, not the git commit: the commit that records an export's hash in dvc.lock cannot
+    be named inside that export, so a card holding it would never regenerate byte for byte in a
+    fresh clone. Read from the lock, not from the files: an edit to code these stages do not run
+    (or that has not run yet) changes nothing here, as it changes nothing in the weights."""
+    if not lock.is_file():
+        return "unavailable (no dvc.lock)"
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+    lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in stages.items() if name not in skip
+                   for d in st.get("deps", []) if d["path"].startswith(CODE_FOLDERS))
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def data_versions(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> dict[str, dict[str, str]]:
@@ -235,7 +235,7 @@ class CardInfo:
     params: dict
     """params.yaml sections that shaped the model (profile, training stages, export)."""
     code_version: str
-    """Content digest of the code (:func:`code_version`)."""
+    """Digest of the upstream stages' code as dvc.lock records it (:func:`code_version`)."""
     data_versions: dict
     """dvc.lock: stage -> output -> md5."""
     metrics: dict

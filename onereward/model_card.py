@@ -68,7 +68,7 @@ def render_card(meta: dict, tuned: "Tuned", card: "CardInfo", skipped: list[str]
         "pipeline_tag": "image-to-image",
         "tags": ["onereward", "flux", "inpainting", "outpainting", "object-removal"],
     }
-    versions = {"code (sha256 of onereward/, stages/, templates/)": card.code_version, "data and models (dvc.lock md5 of stage outputs)": card.data_versions}
+    versions = {"code (sha256 of the upstream stages' code dependencies in dvc.lock)": card.code_version, "data and models (dvc.lock md5 of stage outputs)": card.data_versions}
     parts = [
         "---\n" + _yaml(front) + "\n---",
         "# OneReward FLUX.1-Fill policy (exported by the `export` stage)",

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+import yaml
 from diffusers import FluxFillPipeline, FluxTransformer2DModel
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict
@@ -199,18 +200,20 @@ def test_transformer_only_export_loads_on_its_base(exported, tmp_path):
     assert all(torch.equal(state[k], v) for k, v in live.items())
 
 
-def test_code_version_names_the_code_by_content_not_by_commit(tmp_path):
-    """A fresh clone of any commit with the same code writes the same card bytes; a changed file changes it."""
+def test_code_version_names_the_code_dvc_lock_records_not_the_commit(tmp_path):
+    """The same lock gives the same card bytes in any clone; only upstream code that ran changes it."""
     from onereward.export import code_version
 
-    for repo in ("a", "b"):
-        for rel, text in (("onereward/x.py", "x = 1\n"), ("stages/s.py", "main()\n"), ("templates/q.yaml", "q: 1\n")):
-            (tmp_path / repo / rel).parent.mkdir(parents=True, exist_ok=True)
-            (tmp_path / repo / rel).write_text(text)
-    (tmp_path / "b" / "onereward" / "__pycache__").mkdir()
-    (tmp_path / "b" / "onereward" / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"\0cache")
-    a, b = code_version(tmp_path / "a"), code_version(tmp_path / "b")
-    assert a == b and a.startswith("sha256:")
-    (tmp_path / "b" / "stages" / "s.py").write_text("main(1)\n")
-    assert code_version(tmp_path / "b") != a
-    assert code_version(tmp_path / "empty").startswith("unavailable")
+    def lock(train_code: str, export_code: str, data: str = "d1") -> Path:
+        path = tmp_path / f"{train_code}-{export_code}-{data}.lock"
+        path.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
+            "train": {"deps": [{"path": "onereward/rl", "md5": train_code}, {"path": "data/shards", "md5": data}]},
+            "export": {"deps": [{"path": "onereward/export.py", "md5": export_code}]}}}))
+        return path
+
+    a = code_version(lock("c1", "e1"))
+    assert a.startswith("sha256:") and a == code_version(lock("c1", "e1"))
+    assert code_version(lock("c1", "e2")) == a  # the export's own code: not what made the weights
+    assert code_version(lock("c1", "e1", data="d2")) == a  # data: the card's data versions say it
+    assert code_version(lock("c2", "e1")) != a
+    assert code_version(tmp_path / "none.lock").startswith("unavailable")
