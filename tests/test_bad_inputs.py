@@ -487,3 +487,84 @@ def test_judge_scoring_leaves_out_skipped_inputs_and_still_refuses_missing_ones(
     assert len(reader.SKIPPED) == 1 and [r["key"] for r in pair_results(rows, p)] == ["in0", "in2"]
     with pytest.raises(ValueError, match="no images in the shards"):  # a key the shards never had
         score_rows(FakeJudge(), input_dataset(out / "shards", "train"), rows + [{**rows[0], "key": "nowhere"}], 4)
+
+
+# ----------------------------------------------------------------------------- zip archives
+
+
+def _zipped(root: Path, rec: dict, archive: str = "images.zip", compression=None) -> dict:
+    """The record's images moved into one zip archive under ``root``; paths name the members."""
+    import zipfile
+
+    def move(rel: str, zf) -> str:
+        zf.write(root / rel, rel, compress_type=compression if compression is not None else zipfile.ZIP_STORED)
+        (root / rel).unlink()
+        return f"{archive}/{rel}"
+
+    with zipfile.ZipFile(root / archive, "a") as zf:
+        return {**rec, "source": move(rec["source"], zf), "mask": move(rec["mask"], zf),
+                "candidates": [move(c, zf) for c in rec["candidates"]]}
+
+
+def test_images_in_a_zip_archive_shard_to_the_same_bytes_as_files(tmp_path):
+    import zipfile
+
+    shards = {}
+    for layout in ("files", "stored", "deflated"):
+        root = tmp_path / layout
+        recs = [good(root, f"r{i}", seed=i) for i in range(3)]
+        if layout != "files":
+            kind = zipfile.ZIP_STORED if layout == "stored" else zipfile.ZIP_DEFLATED
+            recs = [_zipped(root, r, compression=kind) for r in recs]
+            assert not list((root / "img").rglob("*.png"))
+        _records(root, recs)
+        stats, quarantine = _shard(root, tmp_path / f"out-{layout}")
+        assert (stats["accepted"], quarantine) == (3, [])
+        shards[layout] = {p.name: p.read_bytes() for p in sorted((tmp_path / f"out-{layout}" / "shards").rglob("*.tar"))}
+    assert shards["files"] and shards["stored"] == shards["files"] == shards["deflated"]
+
+
+def test_bad_archive_members_are_quarantined_with_reasons(tmp_path):
+    import zipfile
+
+    root = tmp_path / "raw"
+    recs = [_zipped(root, good(root, "ok"))]
+    with zipfile.ZipFile(root / "images.zip", "a") as zf:
+        zf.writestr("img/folder/", b"")
+        zf.writestr("img/big.png", b"\0" * 4096)
+        zf.writestr("img/crc.png", (root / "img").joinpath("unused").name.encode() * 50)
+    # a member whose stored bytes no longer match its CRC
+    data = bytearray((root / "images.zip").read_bytes())
+    at = data.index(b"unusedunused")
+    data[at] ^= 0xFF
+    (root / "images.zip").write_bytes(bytes(data))
+    _write(root, "notzip.zip", b"this is not a zip archive")
+    outside = tmp_path / "outside.zip"
+    outside.write_bytes((root / "images.zip").read_bytes())
+    os.symlink(outside, root / "link.zip")
+    ok = recs[0]
+    recs += [
+        {**ok, "id": "member-missing", "source": "images.zip/img/nowhere.png"},
+        {**ok, "id": "member-folder", "source": "images.zip/img/folder"},
+        {**ok, "id": "member-crc", "source": "images.zip/img/crc.png"},
+        {**ok, "id": "not-a-zip", "source": "notzip.zip/img/ok/source.png"},
+        {**ok, "id": "no-archive", "source": "gone.zip/img/ok/source.png"},
+        {**ok, "id": "outside", "source": "link.zip/img/ok/source.png"},
+        {**ok, "id": "dotdot", "source": "images.zip/../outside.zip/img/ok/source.png"},
+    ]
+    _records(root, recs)
+    stats, quarantine = _shard(root, tmp_path / "out", max_image_bytes=1024)
+    got = {q["id"]: (q["reason"], q["message"]) for q in quarantine}
+    assert stats["accepted"] == 1 and "ok" not in got
+    assert got["member-missing"] == ("missing_file", "images.zip/img/nowhere.png does not exist: images.zip has no member 'img/nowhere.png'")
+    assert got["member-folder"] == ("not_a_file", "images.zip/img/folder is a directory in images.zip")
+    assert got["member-crc"][0] == "unreadable_file" and "CRC" in got["member-crc"][1]
+    assert got["not-a-zip"][0] == "unreadable_file" and got["not-a-zip"][1].startswith("notzip.zip is not a readable zip archive")
+    assert got["no-archive"] == ("missing_file", "gone.zip does not exist")
+    assert got["outside"][0] == "unsafe_path" and "outside the dataset root" in got["outside"][1]
+    assert got["dotdot"][0] == "unsafe_path"
+    big = {**ok, "id": "member-big", "source": "images.zip/img/big.png"}
+    _records(root, [ok, big])
+    _, quarantine = _shard(root, tmp_path / "out2", max_image_bytes=1024)
+    assert [(q["id"], q["reason"], q["message"]) for q in quarantine] == [
+        ("member-big", "image_too_large", "images.zip/img/big.png has 4096 bytes, limit 1024")]

@@ -1,12 +1,13 @@
 """Every kind of bad record is quarantined with its own reason, and the run still finishes."""
 
+import io
 import json
 import shutil
 
 import pytest
 
 from onereward.data.corruptions import MAKERS
-from onereward.data.records import REASONS, RECORDS_FILE, RecordError
+from onereward.data.records import REASONS, RECORDS_FILE, DatasetRoot, RecordError
 from onereward.data.sharding import ShardConfig, shard_dataset
 
 
@@ -76,7 +77,7 @@ def test_jpeg_is_accepted_and_truncated_jpeg_is_undecodable(tmp_path, micro_data
     folder = root / "images" / "bad-record"
     folder.mkdir(parents=True)
     base = json.loads((root / RECORDS_FILE).read_text().splitlines()[-1])
-    Image.open(root / base["candidates"][0]).convert("RGB").save(folder / "full.jpg", quality=90)
+    Image.open(io.BytesIO(DatasetRoot(root).read(base["candidates"][0], "x", 0))).convert("RGB").save(folder / "full.jpg", quality=90)
     data = (folder / "full.jpg").read_bytes()
     (folder / "nowhere.png").write_bytes(data[: int(len(data) * keep)])  # the name does not decide the format
     stats, quarantined = _shard(root, tmp_path)

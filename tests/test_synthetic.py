@@ -1,6 +1,7 @@
 """The embedded default's preference data: inputs with ground truth, candidates from the generator,
 labels from the rater (the annotator)."""
 
+import io
 import json
 
 import numpy as np
@@ -18,6 +19,7 @@ from onereward.data.synthetic import (
     synthesize,
     task_plan,
 )
+from onereward.data.records import DatasetRoot
 from onereward.data.scenes import widest_strip
 
 CFG = SynthesizeConfig(num_inputs=16, batch_size=8)
@@ -93,7 +95,11 @@ def test_synthesize_writes_the_raw_format_with_ground_truth(tmp_path, tiny_gener
     n = synthesize(tmp_path, SynthesizeConfig(num_inputs=4, batch_size=8), tiny_generator)
     records = [json.loads(line) for line in (tmp_path / "records.jsonl").read_text().splitlines()]
     assert n == len(records) == 4
+    # every image a member of one archive: DVC then checks two files, not seven per input
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["images.zip", "records.jsonl"]
+    files = DatasetRoot(tmp_path)
     for r in records:
         for rel in [r["source"], r["mask"], r["ground_truth"], *r["candidates"]]:
-            assert Image.open(tmp_path / rel).size == (64, 64)
+            assert rel.startswith("images.zip/")
+            assert Image.open(io.BytesIO(files.read(rel, r["id"], 1))).size == (64, 64)
         assert ("content" in r) == bool(r["prompt"])

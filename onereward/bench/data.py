@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import resource
 import statistics
@@ -15,7 +16,7 @@ from pathlib import Path
 import webdataset as wds
 
 from onereward.data.reader import pair_dataset
-from onereward.data.records import RECORDS_FILE
+from onereward.data.records import RECORDS_FILE, DatasetRoot
 from onereward.data.sharding import ShardConfig, shard_dataset
 from onereward.data.synthetic import SynthesizeConfig, synthesize
 
@@ -36,7 +37,10 @@ def _plain_tar(root: Path, out: Path) -> None:
             rec = json.loads(line)
             truth = [rec["ground_truth"]] if rec.get("ground_truth") else []  # shard stores it too
             for rel in [rec["source"], rec["mask"], *rec["candidates"], *truth]:
-                tar.add(root / rel, arcname=f"{rec['id']}.{Path(rel).name}")
+                data = DatasetRoot(root).read(rel, rec["id"], 0)
+                info = tarfile.TarInfo(f"{rec['id']}.{Path(rel).name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
 
 
 def untrained_generator(path: Path) -> str:
@@ -61,7 +65,7 @@ def shard_throughput(inputs: int, repeats: int) -> dict:
 
         ours = median_time(shard, repeats)
         plain = median_time(lambda: _plain_tar(tmp / "raw", tmp / "plain.tar"), repeats)
-        mb = sum(p.stat().st_size for p in (tmp / "raw" / "images").rglob("*.png")) / 1e6
+        mb = sum(p.stat().st_size for p in (tmp / "raw").rglob("*") if p.is_file() and p.name != RECORDS_FILE) / 1e6
         first = tmp / "out0" / "shards"
         pairs = median_time(lambda: sum(1 for _ in pair_dataset(first, "train")), repeats)
         n_pairs = sum(1 for _ in pair_dataset(first, "train"))

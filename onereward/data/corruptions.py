@@ -7,6 +7,7 @@ line of ``records.jsonl``) into a bad line, writing any broken file it needs und
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import struct
@@ -17,7 +18,16 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from onereward.data.records import RECORDS_FILE
+from onereward.data.records import RECORDS_FILE, DatasetRoot
+
+
+def _bytes(root: Path, rel: str) -> bytes:
+    """A good record's image, a file or an archive member, read as the shard stage reads it."""
+    return DatasetRoot(root).read(rel, "good", 0)
+
+
+def _open(root: Path, rel: str) -> Image.Image:
+    return Image.open(io.BytesIO(_bytes(root, rel)))
 
 
 def _line(rec: dict) -> str:
@@ -52,12 +62,12 @@ def _broken_file(root: Path, bad_id: str, name: str, data: bytes) -> str:
 
 
 def _truncated(root: Path, rec: dict, bad_id: str) -> str:
-    data = (root / rec["source"]).read_bytes()
+    data = _bytes(root, rec["source"])
     return _line(_with(rec, bad_id, source=_broken_file(root, bad_id, "source.png", data[: len(data) // 2])))
 
 
 def _resized_mask(root: Path, rec: dict, bad_id: str) -> str:
-    mask = Image.open(root / rec["mask"])
+    mask = _open(root, rec["mask"])
     small = mask.resize((mask.width // 2, mask.height // 2))
     rel = f"images/{bad_id}/mask.png"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -68,7 +78,7 @@ def _resized_mask(root: Path, rec: dict, bad_id: str) -> str:
 def _odd_size(root: Path, rec: dict, bad_id: str) -> str:
     """Every image cropped 8 px narrower: sizes agree, but not with FLUX's multiple of 16."""
     def crop(rel: str, name: str) -> str:
-        img = Image.open(root / rel)
+        img = _open(root, rel)
         out = f"images/{bad_id}/{name}.png"
         (root / out).parent.mkdir(parents=True, exist_ok=True)
         img.crop((0, 0, img.width - 8, img.height)).save(root / out)
@@ -80,7 +90,7 @@ def _odd_size(root: Path, rec: dict, bad_id: str) -> str:
 
 
 def _blank_mask(root: Path, rec: dict, bad_id: str) -> str:
-    mask = Image.open(root / rec["mask"])
+    mask = _open(root, rec["mask"])
     rel = f"images/{bad_id}/mask.png"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.zeros((mask.height, mask.width), np.uint8)).save(root / rel)
@@ -109,13 +119,13 @@ def _saved(root: Path, bad_id: str, name: str, img: Image.Image, **save) -> str:
 
 
 def _float_image(root: Path, rec: dict, bad_id: str) -> str:
-    size = Image.open(root / rec["source"]).size
+    size = _open(root, rec["source"]).size
     img = Image.fromarray(np.full(size[::-1], 0.5, np.float32), "F")  # 32-bit float: no rule maps it to 8 bits
     return _line(_with(rec, bad_id, source=_saved(root, bad_id, "source.tiff", img)))
 
 
 def _transparent(root: Path, rec: dict, bad_id: str) -> str:
-    img = Image.open(root / rec["candidates"][0]).convert("RGBA")
+    img = _open(root, rec["candidates"][0]).convert("RGBA")
     alpha = np.full(img.size[::-1], 255, np.uint8)
     alpha[: img.height // 2] = 0
     img.putalpha(Image.fromarray(alpha))
@@ -123,7 +133,7 @@ def _transparent(root: Path, rec: dict, bad_id: str) -> str:
 
 
 def _small_ground_truth(root: Path, rec: dict, bad_id: str) -> str:
-    img = Image.open(root / rec["source"]).convert("RGB")
+    img = _open(root, rec["source"]).convert("RGB")
     return _line(_with(rec, bad_id, ground_truth=_saved(root, bad_id, "truth.png", img.resize((img.width // 2, img.height)))))
 
 
@@ -184,7 +194,7 @@ SHIPPED = tuple(sorted(r for r in MAKERS if r not in _NEWER and r != "unreadable
 
 
 def _resized_candidate(root: Path, rec: dict, bad_id: str) -> str:
-    img = Image.open(root / rec["candidates"][1])
+    img = _open(root, rec["candidates"][1])
     rel = f"images/{bad_id}/cand_1.png"
     (root / rel).parent.mkdir(parents=True, exist_ok=True)
     img.resize((img.width + 16, img.height)).save(root / rel)

@@ -10,11 +10,13 @@ that passes decodes in the reader to the pixels validation saw.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import re
 import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -232,8 +234,40 @@ def _kind(mode: int) -> str:
     return f"not a regular file (mode {stat.filemode(mode)})"
 
 
+ARCHIVE_SUFFIX = ".zip"
+"""A path part with this suffix that names a regular file is a zip archive; the rest of the path
+is a member inside it (``images.zip/fill-000001_source.png``)."""
+
+
+def split_archive(rel: str) -> tuple[str | None, str]:
+    """``(archive, member)`` when a folder part of ``rel`` ends in :data:`ARCHIVE_SUFFIX`, else
+    ``(None, rel)``. Whether the archive is a file is decided when it is read."""
+    parts = rel.replace(os.sep, "/").split("/")
+    for i, part in enumerate(parts[:-1]):
+        if part.lower().endswith(ARCHIVE_SUFFIX):
+            return "/".join(parts[: i + 1]), "/".join(parts[i + 1 :])
+    return None, rel
+
+
+@functools.lru_cache(maxsize=8)
+def _open_archive(full: str, identity: tuple[int, int, int], pid: int) -> zipfile.ZipFile:
+    """One open archive per process and file version (inode, mtime, size): its index is read
+    once, not once per record. ``pid`` in the key: a forked worker must not seek a file offset
+    it shares with its parent."""
+    fd = os.open(full, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    return zipfile.ZipFile(os.fdopen(fd, "rb"))
+
+
+def _member_info(zf: zipfile.ZipFile, name: str) -> zipfile.ZipInfo | None:
+    try:
+        return zf.getinfo(name)
+    except KeyError:
+        return None
+
+
 class DatasetRoot:
-    """Reads regular files inside one dataset root, every symbolic link resolved.
+    """Reads regular files inside one dataset root, every symbolic link resolved, and members
+    of zip archives there.
 
     Made per record: the folders it resolves are cached for that record's images only, so a
     folder replaced by a link between two records is seen.
@@ -254,9 +288,39 @@ class DatasetRoot:
         return self._dirs[rel_dir]
 
     def read(self, rel: str, rid: str, line: int) -> bytes:
-        """The bytes of ``rel``, or :class:`RecordError` saying why not."""
+        """The bytes of ``rel`` (a file, or a member of a zip archive), or :class:`RecordError` saying why not."""
         if os.path.isabs(rel) or ".." in Path(rel).parts or "\0" in rel:
             raise RecordError("unsafe_path", f"{rel!r} must be relative to the dataset root", rid, line)
+        archive, member = split_archive(rel)
+        if archive is not None:
+            return self._read_member(archive, member, rid, line)
+        full, info = self._regular_file(rel, rid, line)
+        limit = self.limits.max_bytes
+        if info.st_size == 0:
+            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
+        if info.st_size > limit:
+            raise RecordError("image_too_large", f"{rel} has {info.st_size} bytes, limit {limit}", rid, line)
+        try:
+            # O_NOFOLLOW and O_NONBLOCK: what was checked above cannot turn into a link or a pipe now
+            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "rb") as f:
+                mode = os.fstat(f.fileno()).st_mode
+                if not stat.S_ISREG(mode):
+                    raise RecordError("not_a_file", f"{rel} is {_kind(mode)}", rid, line)
+                data = f.read(info.st_size + 1)  # not limit + 1: that would allocate the limit
+        except OSError as e:
+            raise RecordError("unreadable_file", f"{rel}: {e.strerror or e}", rid, line) from None
+        return self._within_limit(data, rel, rid, line)
+
+    def _within_limit(self, data: bytes, rel: str, rid: str, line: int) -> bytes:
+        if not data:
+            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
+        if len(data) > self.limits.max_bytes:
+            raise RecordError("image_too_large", f"{rel} has more than {self.limits.max_bytes} bytes", rid, line)
+        return data
+
+    def _regular_file(self, rel: str, rid: str, line: int) -> tuple[str, os.stat_result]:
+        """Resolved path and stat of ``rel``, checked to be a regular file inside the root."""
         folder, name = os.path.split(rel)
         full = os.path.join(self._real_dir(folder), name)
         if not self._inside(full):
@@ -278,26 +342,33 @@ class DatasetRoot:
             raise RecordError("unreadable_file", f"{rel}: {e.strerror or e}", rid, line) from None
         if not stat.S_ISREG(info.st_mode):  # reading a pipe or a device could block or never end
             raise RecordError("not_a_file", f"{rel} is {_kind(info.st_mode)}", rid, line)
-        limit = self.limits.max_bytes
-        if info.st_size == 0:
-            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
-        if info.st_size > limit:
-            raise RecordError("image_too_large", f"{rel} has {info.st_size} bytes, limit {limit}", rid, line)
+        return full, info
+
+    def _read_member(self, archive: str, member: str, rid: str, line: int) -> bytes:
+        """A member of a zip archive inside the root; nothing is extracted, the member's declared
+        size is checked against the limit before a byte of it is inflated."""
+        rel = f"{archive}/{member}"
+        full, info = self._regular_file(archive, rid, line)
         try:
-            # O_NOFOLLOW and O_NONBLOCK: what was checked above cannot turn into a link or a pipe now
-            fd = os.open(full, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-            with os.fdopen(fd, "rb") as f:
-                mode = os.fstat(f.fileno()).st_mode
-                if not stat.S_ISREG(mode):
-                    raise RecordError("not_a_file", f"{rel} is {_kind(mode)}", rid, line)
-                data = f.read(info.st_size + 1)  # not limit + 1: that would allocate the limit
-        except OSError as e:
-            raise RecordError("unreadable_file", f"{rel}: {e.strerror or e}", rid, line) from None
-        if not data:
-            raise RecordError("empty_file", f"{rel} has zero bytes", rid, line)
-        if len(data) > limit:
-            raise RecordError("image_too_large", f"{rel} has more than {limit} bytes", rid, line)
-        return data
+            zf = _open_archive(full, (info.st_ino, info.st_mtime_ns, info.st_size), os.getpid())
+        except (OSError, zipfile.BadZipFile) as e:
+            raise RecordError("unreadable_file", f"{archive} is not a readable zip archive: {e}", rid, line) from None
+        entry = _member_info(zf, member) or _member_info(zf, member.rstrip("/") + "/")  # a folder's name ends in /
+        if entry is None:
+            raise RecordError("missing_file", f"{rel} does not exist: {archive} has no member {member!r}", rid, line)
+        if entry.is_dir():
+            raise RecordError("not_a_file", f"{rel} is a directory in {archive}", rid, line)
+        if entry.flag_bits & 0x1:
+            raise RecordError("unreadable_file", f"{rel} is encrypted in {archive}", rid, line)
+        if entry.file_size > self.limits.max_bytes:
+            raise RecordError("image_too_large", f"{rel} has {entry.file_size} bytes, limit {self.limits.max_bytes}",
+                              rid, line)
+        try:
+            with zf.open(entry) as f:
+                data = f.read(entry.file_size + 1)
+        except (OSError, zipfile.BadZipFile, EOFError, NotImplementedError) as e:  # CRC, truncation, compression kind
+            raise RecordError("unreadable_file", f"{rel} cannot be read from {archive}: {e}", rid, line) from None
+        return self._within_limit(data, rel, rid, line)
 
 
 _EXACT = ("1", "L", "RGB")
