@@ -1,12 +1,14 @@
 """Torch threads idle and beside a busy process: the measurement behind ``numerics.threads``.
 
-Each setting runs in a fresh interpreter (torch fixes its thread pool at the first op), the
-workload a loop of the small ops that tiny-model training is made of: a 64x64 matmul, a relu
-and a backward. "Busy" starts one process spinning on a core for the duration.
+Each setting runs in a fresh interpreter (torch fixes its thread pool at the first op) under the
+rest of ``params.yaml`` ``numerics`` (the ISA, MKL's branch, the portable kernels), the workload a
+loop of the small ops that tiny-model training is made of: a 64x64 matmul, a relu and a
+backward. "Busy" starts one process spinning on a core for the duration.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -14,9 +16,12 @@ import sys
 import time
 from contextlib import contextmanager
 
+from onereward.numerics import config_from_params
+
 LOOP = """
 import time, torch
 torch.set_num_threads({threads})
+torch.backends.mkldnn.enabled = torch.backends.nnpack.enabled = not {portable}
 x = torch.randn(64, 64); w = torch.randn(64, 64, requires_grad=True)
 n, end = 0, time.perf_counter() + {seconds}
 while time.perf_counter() < end:
@@ -39,8 +44,9 @@ def busy_neighbour():
 
 
 def loop_rate(threads: int, seconds: float) -> float:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds)],
+    cfg = dataclasses.replace(config_from_params(), threads=threads)
+    env = {**os.environ, **cfg.environment()}
+    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds, portable=cfg.portable_kernels)],
                          check=True, capture_output=True, text=True, env=env).stdout
     return float(out.strip().splitlines()[-1])
 
