@@ -176,19 +176,21 @@ def code_version(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export
     (or that has not run yet) changes nothing here, as it changes nothing in the weights."""
     if not lock.is_file():
         return "unavailable (no dvc.lock)"
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
-    lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in stages.items() if name not in skip
+    lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in _upstream_stages(lock, skip).items()
                    for d in st.get("deps", []) if d["path"].startswith(CODE_FOLDERS))
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def data_versions(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> dict[str, dict[str, str]]:
     """Per upstream stage in dvc.lock: output path -> md5 (what this export was built from)."""
-    if not lock.is_file():
-        return {}
-    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
     return {name: {o["path"]: o.get("md5", "?") for o in st.get("outs", [])}
-            for name, st in sorted(stages.items()) if name not in skip and st.get("outs")}
+            for name, st in sorted(_upstream_stages(lock, skip).items()) if st.get("outs")}
+
+
+def _upstream_stages(lock: Path, skip: tuple[str, ...]) -> dict[str, dict]:
+    """dvc.lock's stages other than ``skip`` (empty without a lock)."""
+    stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
+    return {name: st for name, st in stages.items() if name not in skip}
 
 
 def export(base: str, tuned: Tuned, judge: Path | None, out: Path, cfg: ExportConfig, dtype: torch.dtype,

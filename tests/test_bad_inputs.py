@@ -568,3 +568,17 @@ def test_bad_archive_members_are_quarantined_with_reasons(tmp_path):
     _, quarantine = _shard(root, tmp_path / "out2", max_image_bytes=1024)
     assert [(q["id"], q["reason"], q["message"]) for q in quarantine] == [
         ("member-big", "image_too_large", "images.zip/img/big.png has 4096 bytes, limit 1024")]
+
+
+def test_a_folder_named_like_an_archive_is_a_folder(tmp_path):
+    root = tmp_path / "raw"
+    rec = good(root, "ok")
+    (root / "photos.zip").mkdir(parents=True)
+    moved = {}
+    for key in ("source", "mask"):
+        target = root / "photos.zip" / Path(rec[key]).name
+        (root / rec[key]).rename(target)
+        moved[key] = f"photos.zip/{target.name}"
+    _records(root, [{**rec, **moved}])
+    stats, quarantine = _shard(root, tmp_path / "out")
+    assert (stats["accepted"], quarantine) == (1, [])

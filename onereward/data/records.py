@@ -292,7 +292,7 @@ class DatasetRoot:
         if os.path.isabs(rel) or ".." in Path(rel).parts or "\0" in rel:
             raise RecordError("unsafe_path", f"{rel!r} must be relative to the dataset root", rid, line)
         archive, member = split_archive(rel)
-        if archive is not None:
+        if archive is not None and not os.path.isdir(os.path.join(self.real, archive)):  # a folder named x.zip is a folder
             return self._read_member(archive, member, rid, line)
         full, info = self._regular_file(rel, rid, line)
         limit = self.limits.max_bytes
