@@ -154,6 +154,25 @@ def test_gradient_checkpointing_gives_the_same_gradient(base):
     assert torch.allclose(grads[0], grads[1], atol=1e-6)
 
 
+def test_patch_embedding_as_linear_is_the_stock_convolution(base):
+    stock = Qwen2_5_VLForConditionalGeneration.from_pretrained(base, use_safetensors=True)
+    judge = Judge.load(base)
+    embeds = [m.model.visual.patch_embed for m in (stock, judge.model)]
+    assert "forward" not in vars(embeds[0]) and "forward" in vars(embeds[1])  # only the judge's is replaced
+    x = torch.randn(40, 3 * 2 * 14 * 14)
+    outs, grads = [], []
+    for embed in embeds:
+        xi = x.clone().requires_grad_(True)
+        y = embed(xi)
+        (y * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        outs.append(y)
+        grads.append((xi.grad, embed.proj.weight.grad))
+    assert outs[1].shape == outs[0].shape
+    torch.testing.assert_close(outs[1], outs[0], atol=1e-5, rtol=1e-5)
+    for g1, g0 in zip(grads[1], grads[0]):
+        torch.testing.assert_close(g1, g0, atol=1e-5, rtol=1e-5)
+
+
 def test_query_must_match_batch(judge):
     with pytest.raises(ValueError, match="queries"):
         judge.p_yes(images(2, 0), images(2, 1), QUERIES[:1])

@@ -154,6 +154,27 @@ def distinct_images(images) -> tuple[list[torch.Tensor], list[int]]:
     return distinct, index
 
 
+def patch_embedding_as_linear(model) -> None:
+    """Compute Qwen2.5-VL's patch embedding as the matrix product it is.
+
+    Its ``Conv3d`` has kernel = stride = one whole patch, so each output is one dot product of a
+    flattened patch with a flattened filter. Without oneDNN (``numerics.portable_kernels``) torch
+    runs such a convolution through its slow reference kernel: 8x the time of the same product
+    as ``linear``, forward and backward, a third of a tiny judge's training step (BENCHMARKS.md).
+    The weights keep their shape and names, so checkpoints load either way.
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionPatchEmbed
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        weight = self.proj.weight
+        patches = hidden_states.to(dtype=weight.dtype).reshape(-1, weight[0].numel())
+        return torch.nn.functional.linear(patches, weight.reshape(self.embed_dim, -1))
+
+    for module in model.modules():
+        if isinstance(module, Qwen2_5_VisionPatchEmbed):
+            module.forward = forward.__get__(module)
+
+
 class Judge(torch.nn.Module):
     """Scores (first, second, query) triples with P(Yes) that the first image is better."""
 
@@ -166,6 +187,7 @@ class Judge(torch.nn.Module):
         if not spec.factor**2 <= self.min_pixels <= self.max_pixels:
             raise ValueError(f"judge pixel budget must satisfy {spec.factor**2} <= min_pixels <= max_pixels, "
                              f"got {self.min_pixels}, {self.max_pixels}")
+        patch_embedding_as_linear(model)
         self.model = model
         self.tokenizer = tokenizer
         if tokenizer.chat_template is None:
