@@ -181,7 +181,7 @@ def train_and_record(base: str, out: str) -> None:
 
 def test_two_processes_train_the_judge_as_one_does(base, tmp_path):
     """Two data-parallel CPU processes (each half of every batch's pairs, DDP) follow one process's
-    loss curve (relative 1e-5) and weights (1e-4, a tenth of one step at lr 1e-3) up to float summation order."""
+    loss curve (relative 1e-5) and weights (3e-4, under a third of one step at lr 1e-3) up to float summation order."""
     import subprocess
     import sys
     from safetensors.torch import load_file
@@ -199,8 +199,10 @@ def test_two_processes_train_the_judge_as_one_does(base, tmp_path):
         assert abs(a["loss"] - b["loss"]) < 1e-5 * max(1.0, abs(a["loss"]))
         assert a["val_accuracy"] == b["val_accuracy"]
     w1, w2 = (load_file(str(tmp_path / f"p{n}" / "w.safetensors")) for n in (1, 2))
-    # Adam's normalised steps turn last-bit gradient differences into up to ~3e-5 after 6 steps of lr 1e-3
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    # Adam's normalised steps turn last-bit gradient differences of near-zero gradients into up to
+    # ~2e-4 after 6 steps of lr 1e-3 (seen with the patch embedding as a matrix product); gradients
+    # not averaged over the processes would differ by whole steps (~1e-3 a step)
+    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 3e-4
 
 
 def test_a_bf16_judge_trains_fp32_masters_so_small_steps_are_not_lost(base, tmp_path):
