@@ -166,9 +166,9 @@ CODE_FOLDERS = ("onereward/", "stages/", "templates/")
 """Dependencies under these folders are code; the rest of a stage's dependencies are data and params."""
 
 
-def code_version(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> str:
-    """sha256 over the code dependencies (path and md5) that dvc.lock records for the stages this
-    export is built from: the code that made its weights and data.
+def code_version(lock: Path = Path("dvc.lock"), stage: str = "export") -> str:
+    """sha256 over the code dependencies (path and md5) that dvc.lock records for the stages
+    ``stage`` is built from: the code that made its weights and data.
 
     From dvc.lock, not the git commit: the commit that records an export's hash in dvc.lock cannot
     be named inside that export, so a card holding it would never regenerate byte for byte in a
@@ -176,21 +176,38 @@ def code_version(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export
     (or that has not run yet) changes nothing here, as it changes nothing in the weights."""
     if not lock.is_file():
         return "unavailable (no dvc.lock)"
-    lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in _upstream_stages(lock, skip).items()
+    lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in _upstream_stages(lock, stage).items()
                    for d in st.get("deps", []) if d["path"].startswith(CODE_FOLDERS))
     return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
-def data_versions(lock: Path = Path("dvc.lock"), skip: tuple[str, ...] = ("export", "evaluate")) -> dict[str, dict[str, str]]:
-    """Per upstream stage in dvc.lock: output path -> md5 (what this export was built from)."""
+def data_versions(lock: Path = Path("dvc.lock"), stage: str = "export") -> dict[str, dict[str, str]]:
+    """Per stage ``stage`` is built from: output path -> md5, as dvc.lock records it."""
     return {name: {o["path"]: o.get("md5", "?") for o in st.get("outs", [])}
-            for name, st in sorted(_upstream_stages(lock, skip).items()) if st.get("outs")}
+            for name, st in sorted(_upstream_stages(lock, stage).items()) if st.get("outs")}
 
 
-def _upstream_stages(lock: Path, skip: tuple[str, ...]) -> dict[str, dict]:
-    """dvc.lock's stages other than ``skip`` (empty without a lock)."""
+def _upstream_stages(lock: Path, stage: str) -> dict[str, dict]:
+    """dvc.lock's entries of the ancestors of ``stage``: stages whose outputs are (or hold, or lie
+    in) a dependency of it or of another ancestor. Only those: the entry of a stage downstream
+    (the headline of the run before) would make the card, and with it the export's hash, depend
+    on the previous run, and a fresh clone would never reproduce it. Without an entry for
+    ``stage`` (its first run) every other entry counts: only stages that ran before it are there."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    return {name: st for name, st in stages.items() if name not in skip}
+    if stage not in stages:
+        return {name: st for name, st in stages.items() if name != stage}
+
+    def feeds(out: str, dep: str) -> bool:
+        return out == dep or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
+
+    found, frontier = {}, [stage]
+    while frontier:
+        deps = [d["path"] for d in stages[frontier.pop()].get("deps", [])]
+        for name, st in stages.items():
+            if name != stage and name not in found and any(feeds(o["path"], d) for o in st.get("outs", []) for d in deps):
+                found[name] = st
+                frontier.append(name)
+    return found
 
 
 def export(base: str, tuned: Tuned, judge: Path | None, out: Path, cfg: ExportConfig, dtype: torch.dtype,

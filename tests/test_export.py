@@ -202,13 +202,20 @@ def test_transformer_only_export_loads_on_its_base(exported, tmp_path):
 
 def test_code_version_names_the_code_dvc_lock_records_not_the_commit(tmp_path):
     """The same lock gives the same card bytes in any clone; only upstream code that ran changes it."""
-    from onereward.export import code_version
+    from onereward.export import code_version, data_versions
 
-    def lock(train_code: str, export_code: str, data: str = "d1") -> Path:
-        path = tmp_path / f"{train_code}-{export_code}-{data}.lock"
+    def lock(train_code: str, export_code: str, data: str = "d1", headline: str = "h1", side: str = "s1") -> Path:
+        path = tmp_path / f"{train_code}-{export_code}-{data}-{headline}-{side}.lock"
         path.write_text(yaml.safe_dump({"schema": "2.0", "stages": {
-            "train": {"deps": [{"path": "onereward/rl", "md5": train_code}, {"path": "data/shards", "md5": data}]},
-            "export": {"deps": [{"path": "onereward/export.py", "md5": export_code}]}}}))
+            "prepare": {"deps": [{"path": "onereward/data", "md5": "p1"}], "outs": [{"path": "data/shards", "md5": data}]},
+            "train": {"deps": [{"path": "onereward/rl", "md5": train_code}, {"path": "data/shards", "md5": data}],
+                      "outs": [{"path": "data/models/policy_rl", "md5": "w1"}]},
+            "export": {"deps": [{"path": "onereward/export.py", "md5": export_code},
+                                {"path": "data/models/policy_rl/lora", "md5": "w1"}],
+                       "outs": [{"path": "data/export", "md5": "x1"}]},
+            "headline": {"deps": [{"path": "onereward/headline.py", "md5": headline}, {"path": "data/export", "md5": "x1"}],
+                         "outs": [{"path": "reports/headline.json", "md5": headline}]},
+            "side": {"deps": [{"path": "onereward/bench", "md5": side}], "outs": [{"path": "reports/bench.json", "md5": side}]}}}))
         return path
 
     a = code_version(lock("c1", "e1"))
@@ -216,4 +223,7 @@ def test_code_version_names_the_code_dvc_lock_records_not_the_commit(tmp_path):
     assert code_version(lock("c1", "e2")) == a  # the export's own code: not what made the weights
     assert code_version(lock("c1", "e1", data="d2")) == a  # data: the card's data versions say it
     assert code_version(lock("c2", "e1")) != a
+    # a stage downstream of the export (its entry is the run before's) or beside it: not in the card
+    assert code_version(lock("c1", "e1", headline="h2")) == a and code_version(lock("c1", "e1", side="s2")) == a
+    assert sorted(data_versions(lock("c1", "e1"))) == ["prepare", "train"]  # ancestors, also through a folder
     assert code_version(tmp_path / "none.lock").startswith("unavailable")
