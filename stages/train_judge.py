@@ -68,10 +68,10 @@ def run() -> None:
         return
     with atomic_path(OUT) as tmp:
         save_judge(judge, cfg, base, tmp, template_version=",".join(versions))
-    # A finished run is not resumed: the next run (new queries or params) starts fresh.
-    # The folder stays, empty, as the stage's persistent output.
+    # A finished run is not resumed: the next run (new queries or params) starts fresh. The folder
+    # is no stage output (as train_policy's checkpoints are not): an output that is neither in git
+    # nor in the cache makes `dvc exp run --temp` retrain the judge for an RL-only change.
     clear_checkpoints(CKPT)
-    CKPT.mkdir(parents=True)
     last = history[-1] if history else {}
     print(f"train_judge: {cfg.finetune} fine-tuning, {cfg.steps} steps, last {last}, skipped samples {len(SKIPPED)}")
 

@@ -1,6 +1,8 @@
 """The judge stages end to end through DVC on a micro dataset, and the scoring CLI."""
 
 import json
+import os
+import subprocess
 
 import numpy as np
 import pytest
@@ -41,6 +43,15 @@ def test_repro_eval_judge_then_a_template_edit_reruns_only_judge_stages(tmp_path
     assert ran(second) == JUDGE_STAGES
     assert "removed more completely" in json.dumps(
         __import__("pyarrow.parquet", fromlist=["x"]).read_table(repo / "data/queries.parquet").to_pylist())
+
+    # A temporary experiment downstream of the judge takes the trained judge from the cache: every
+    # output of train_judge is in git or in the cache (none is left behind by the temp copy).
+    git = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@e", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@e"}
+    (repo / ".dvc/.gitignore").write_text("/config.local\n/tmp\n/cache\n")
+    for cmd in (["git", "init", "-q"], ["dvc", "config", "--unset", "core.no_scm"], ["git", "add", "-A"], ["git", "commit", "-qm", "judge"]):
+        subprocess.run(cmd, cwd=repo, env=git, check=True, capture_output=True)
+    exp = run_dvc(repo, "exp", "run", "--temp", "-S", "eval_judge.batch_size=32", env=git)
+    assert ran(exp) == ["eval_judge"], exp.stdout
 
 
 def test_cli_prints_p_yes(tmp_path, capsys):
