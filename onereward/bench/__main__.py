@@ -1,4 +1,4 @@
-"""``python -m onereward.bench {shard,scale,conditions,dvc-noop,repro,judge,rl,defects}``: see BENCHMARKS.md."""
+"""``python -m onereward.bench {shard,scale,conditions,dvc-noop,repro,judge,rl,defects,spread}``: see BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -69,6 +69,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3)
     p = sub.add_parser("rl", help="one RL iteration by part, and the Alg. 1 reference cache's saving")
     p.add_argument("--iterations", type=int, default=5)
+    p = sub.add_parser("spread", help="the trained judge's accuracy by how clear the annotator's pair is (after `dvc repro`)")
+    p.add_argument("--splits", nargs="+", default=["val", "test"])
     p = sub.add_parser("defects", help="the judge's preference for defects of the base's outputs, beside the rater's")
     p.add_argument("--inputs", type=int, default=48, help="validation inputs per task")
     args = parser.parse_args()
@@ -99,6 +101,11 @@ def main() -> None:
         from onereward.bench import models
 
         for row in models.defect_preference(args.inputs):
+            print(json.dumps(row), flush=True)
+    elif args.name == "spread":
+        from onereward.bench import models
+
+        for row in models.judge_by_spread(tuple(args.splits)):
             print(json.dumps(row), flush=True)
     elif args.name == "dvc-noop":
         print(json.dumps(dvc_noop(args.repeats)))

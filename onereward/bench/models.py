@@ -185,3 +185,46 @@ def defect_preference(inputs_per_task: int, split: str = "val") -> list[dict]:
                                  "judge_preference": round(float(pref[sel].mean()), 3),
                                  "rater_change": round(float((scores[d] - base_scores[d]).nanmean()), 4)})
     return rows
+
+
+def judge_by_spread(splits: tuple[str, ...], edges: tuple[float, ...] = (0.1, 0.15, 0.25)) -> list[dict]:
+    """Is a pair the annotator calls clearer easier for the trained judge? Per split, task and
+    dimension, the judge's Table 1 accuracy on the pairs whose rater scores (winner minus loser:
+    the annotator's spread, since best and worst are its argmax and argmin) fall below each of
+    ``edges`` and above the last. A dimension the judge has learned gains accuracy with the spread;
+    one it has not stays near 50%, and one it has learned backwards falls below."""
+    from collections import defaultdict
+
+    import numpy as np
+
+    from onereward.data.reader import input_dataset
+    from onereward.judge.image import to_tensor
+    from onereward.judge.metrics import pair_results
+    from onereward.judge.train import score_rows
+    from onereward.scoring import build_scorer
+
+    judge = Judge.load(_judge_path()).requires_grad_(False).eval()
+    rater = build_scorer("rater")
+    out = []
+    for split in splits:
+        rows = read_query_table(QUERIES, split=split)
+        correct = {(p["key"], p["dimension"]): p["correct"] for p in pair_results(rows, score_rows(judge, input_dataset(SHARDS, split), rows, 64, desc=split))}
+        cells = defaultdict(list)
+        for x in input_dataset(SHARDS, split):
+            dims = [d for d in x["labels"] if (x["key"], d) in correct]
+            if not dims:
+                continue
+            pair = [x["candidates"][x["labels"][d][k]] for d in dims for k in ("best", "worst")]
+            n = len(pair)
+            rep = lambda img: to_tensor(img)[None].expand(n, -1, -1, -1)  # noqa: E731
+            scores = rater(torch.stack([to_tensor(c) for c in pair]), ground_truth=rep(x["ground_truth"]),
+                           mask=rep(x["mask"].convert("RGB"))[:, :1], source=rep(x["source"]),
+                           task=[x["task"]] * n, content=[x.get("content")] * n).scores
+            for j, d in enumerate(dims):
+                spread = float(scores[d][2 * j] - scores[d][2 * j + 1])
+                cells[(x["task"], d, int(np.searchsorted(edges, spread, side="right")))].append(correct[(x["key"], d)])
+        bounds = (0.0, *edges, 1.0)
+        for (task, d, b), hits in sorted(cells.items()):
+            out.append({"split": split, "task": task, "dimension": d, "spread": f"[{bounds[b]:.2f}, {bounds[b + 1]:.2f})",
+                        "pairs": len(hits), "judge_accuracy": round(100.0 * sum(hits) / len(hits), 1)})
+    return out
