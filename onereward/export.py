@@ -191,22 +191,26 @@ def _upstream_stages(lock: Path, stage: str) -> dict[str, dict]:
     """dvc.lock's entries of the ancestors of ``stage``: stages whose outputs are (or hold, or lie
     in) a dependency of it or of another ancestor. Only those: the entry of a stage downstream
     (the headline of the run before) would make the card, and with it the export's hash, depend
-    on the previous run, and a fresh clone would never reproduce it. Without an entry for
-    ``stage`` (its first run) every other entry counts: only stages that ran before it are there."""
+    on the previous run, and a fresh clone would never reproduce it. ``stage``'s own dependencies
+    come from dvc.yaml beside the lock (its lock entry is the run before's, or none on a first
+    run), else from its lock entry."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
-    if stage not in stages:
-        return {name: st for name, st in stages.items() if name != stage}
+    spec = lock.with_name("dvc.yaml")
+    if spec.is_file():
+        own = (yaml.safe_load(spec.read_text()) or {}).get("stages", {}).get(stage, {}).get("deps", [])
+        deps = [d for d in own if isinstance(d, str) and "${" not in d]
+    else:
+        deps = [d["path"] for d in stages.get(stage, {}).get("deps", [])]
 
     def feeds(out: str, dep: str) -> bool:
         return out == dep or dep.startswith(out.rstrip("/") + "/") or out.startswith(dep.rstrip("/") + "/")
 
-    found, frontier = {}, [stage]
-    while frontier:
-        deps = [d["path"] for d in stages[frontier.pop()].get("deps", [])]
-        for name, st in stages.items():
-            if name != stage and name not in found and any(feeds(o["path"], d) for o in st.get("outs", []) for d in deps):
-                found[name] = st
-                frontier.append(name)
+    found = {}
+    while deps:
+        new = {name: st for name, st in stages.items() if name != stage and name not in found
+               and any(feeds(o["path"], d) for o in st.get("outs", []) for d in deps)}
+        found.update(new)
+        deps = [d["path"] for st in new.values() for d in st.get("deps", [])]
     return found
 
 

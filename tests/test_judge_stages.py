@@ -50,7 +50,7 @@ def test_repro_eval_judge_then_a_template_edit_reruns_only_judge_stages(tmp_path
     (repo / ".dvc/.gitignore").write_text("/config.local\n/tmp\n/cache\n")
     for cmd in (["git", "init", "-q"], ["dvc", "config", "--unset", "core.no_scm"], ["git", "add", "-A"], ["git", "commit", "-qm", "judge"]):
         subprocess.run(cmd, cwd=repo, env=git, check=True, capture_output=True)
-    exp = run_dvc(repo, "exp", "run", "--temp", "-S", "eval_judge.batch_size=32", env=git)
+    exp = run_dvc(repo, "exp", "run", "--temp", "-S", "eval_judge.batch_size=32", "eval_judge", env=git)
     assert ran(exp) == ["eval_judge"], exp.stdout
 
 
