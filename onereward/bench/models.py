@@ -198,7 +198,8 @@ def judge_by_spread(splits: tuple[str, ...], edges: tuple[float, ...] = (0.1, 0.
     import numpy as np
 
     from onereward.data.reader import input_dataset
-    from onereward.judge.image import to_tensor
+    from onereward.eval.benchmark import Item
+    from onereward.eval.rated import candidate_scores
     from onereward.judge.metrics import pair_results
     from onereward.judge.train import score_rows
     from onereward.scoring import build_scorer
@@ -208,21 +209,17 @@ def judge_by_spread(splits: tuple[str, ...], edges: tuple[float, ...] = (0.1, 0.
     out = []
     for split in splits:
         rows = read_query_table(QUERIES, split=split)
-        correct = {(p["key"], p["dimension"]): p["correct"] for p in pair_results(rows, score_rows(judge, input_dataset(SHARDS, split), rows, 64, desc=split))}
+        correct = {(p["key"], p["dimension"]): p["correct"]
+                   for p in pair_results(rows, score_rows(judge, input_dataset(SHARDS, split), rows, 64, desc=split))}
+        inputs = [x for x in input_dataset(SHARDS, split) if any((x["key"], d) in correct for d in x["labels"])]
+        items = [Item(x["key"], x["task"], x["prompt"], list(x["tags"]), x["source"], x["mask"], x["candidates"],
+                      ground_truth=x["ground_truth"], content=x.get("content")) for x in inputs]
         cells = defaultdict(list)
-        for x in input_dataset(SHARDS, split):
-            dims = [d for d in x["labels"] if (x["key"], d) in correct]
-            if not dims:
-                continue
-            pair = [x["candidates"][x["labels"][d][k]] for d in dims for k in ("best", "worst")]
-            n = len(pair)
-            rep = lambda img: to_tensor(img)[None].expand(n, -1, -1, -1)  # noqa: E731
-            scores = rater(torch.stack([to_tensor(c) for c in pair]), ground_truth=rep(x["ground_truth"]),
-                           mask=rep(x["mask"].convert("RGB"))[:, :1], source=rep(x["source"]),
-                           task=[x["task"]] * n, content=[x.get("content")] * n).scores
-            for j, d in enumerate(dims):
-                spread = float(scores[d][2 * j] - scores[d][2 * j + 1])
-                cells[(x["task"], d, int(np.searchsorted(edges, spread, side="right")))].append(correct[(x["key"], d)])
+        for x, scores in zip(inputs, candidate_scores(items, rater)):
+            for d, label in x["labels"].items():
+                if (x["key"], d) in correct:
+                    spread = scores[d][label["best"]] - scores[d][label["worst"]]
+                    cells[(x["task"], d, int(np.searchsorted(edges, spread, side="right")))].append(correct[(x["key"], d)])
         bounds = (0.0, *edges, 1.0)
         for (task, d, b), hits in sorted(cells.items()):
             out.append({"split": split, "task": task, "dimension": d, "spread": f"[{bounds[b]:.2f}, {bounds[b + 1]:.2f})",

@@ -80,21 +80,32 @@ def rate(items: list[Item], outputs: dict[str, dict[str, object]]) -> list[Rated
             images = torch.stack([to_tensor(outputs[m][it.key]) for it in items])
             per_model[m] = rater(images, **fields).scores
             per_check[m] = {name: c(images, **fields).scores for name, c in checks.items()}
-        n_cand = [len(it.candidates) for it in items]
-        rep = lambda v: [x for x, k in zip(v, n_cand) for _ in range(k)]  # noqa: E731
-        cand_fields = {k: (torch.repeat_interleave(v, torch.tensor(n_cand), 0) if torch.is_tensor(v) else rep(v))
-                       for k, v in fields.items()}
-        cand = rater(torch.cat([it.candidate_tensor() for it in items]), **cand_fields).scores
-    out, offset = [], 0
+        cand = candidate_scores(items, rater, fields)
+    out = []
     for i, it in enumerate(items):
         dims = list(dimensions_for(it.task, it.prompt))
         out.append(RatedInput(
             it.key, it.task, list(it.settings), dims,
             {m: {d: float(per_model[m][d][i]) for d in dims} for m in MODELS},
             {m: {name: _first_value(per_check[m][name], i) for name in CHECKS} for m in MODELS},
-            {d: [float(v) for v in cand[d][offset : offset + n_cand[i]]] for d in dims},
+            cand[i],
         ))
-        offset += n_cand[i]
+    return out
+
+
+def candidate_scores(items: list[Item], rater, fields: dict | None = None) -> list[dict[str, list[float]]]:
+    """Per input (each with a ground truth), the rater's score of every candidate per judged dimension."""
+    fields = _fields(items) if fields is None else fields
+    n_cand = [len(it.candidates) for it in items]
+    rep = lambda v: [x for x, k in zip(v, n_cand) for _ in range(k)]  # noqa: E731
+    cand_fields = {k: (torch.repeat_interleave(v, torch.tensor(n_cand), 0) if torch.is_tensor(v) else rep(v))
+                   for k, v in fields.items()}
+    with torch.no_grad():
+        cand = rater(torch.cat([it.candidate_tensor() for it in items]), **cand_fields).scores
+    out, offset = [], 0
+    for it, k in zip(items, n_cand):
+        out.append({d: [float(v) for v in cand[d][offset : offset + k]] for d in dimensions_for(it.task, it.prompt)})
+        offset += k
     return out
 
 
