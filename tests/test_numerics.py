@@ -1,5 +1,6 @@
 """params.yaml `numerics` pins what decides CPU bits in every stage process, whatever the environment says."""
 
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +22,22 @@ def test_a_stage_process_ignores_the_machines_thread_and_isa_settings():
     cfg = NumericsConfig()  # params.yaml's values are the defaults
     assert int(threads) == cfg.threads and isa == cfg.cpu_isa.upper()
     assert onednn == nnpack == "False"  # cache-size-blocked kernels off (portable_kernels)
+
+
+def test_every_layers_fingerprint_ignores_the_machines_settings():
+    """`python -m onereward.bench bits` (the layer-by-layer check for comparing two machines) under
+    what looks like another machine: other threads, ISA, MKL branch and OpenBLAS kernels."""
+    machines = ({}, {"OMP_NUM_THREADS": "4", "MKL_NUM_THREADS": "4", "ATEN_CPU_CAPABILITY": "default",
+                     "MKL_CBWR": "AUTO", "OPENBLAS_CORETYPE": "Zen"})
+    reports = []
+    for extra in machines:
+        out = subprocess.run([sys.executable, "-m", "onereward.bench", "bits"], cwd=REPO, env={**os.environ, **extra},
+                             capture_output=True, text=True, check=True)
+        reports.append(json.loads(out.stdout))
+    assert reports[0]["machine"]["torch_capability"] == NumericsConfig().cpu_isa.upper()
+    layers = reports[0]["fingerprints"]
+    assert len(layers) >= 20 and len(set(layers.values())) == len(layers)  # each layer its own result
+    assert reports[1]["fingerprints"] == layers
 
 
 def test_environment_names_every_library():

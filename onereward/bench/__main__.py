@@ -1,4 +1,4 @@
-"""``python -m onereward.bench {shard,scale,conditions,dvc-noop,repro,judge,rl,defects,spread}``: see BENCHMARKS.md."""
+"""``python -m onereward.bench {shard,scale,conditions,dvc-noop,repro,judge,rl,defects,spread,bits}``: see BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=5)
     p = sub.add_parser("spread", help="the trained judge's accuracy by how clear the annotator's pair is (after `dvc repro`)")
     p.add_argument("--splits", nargs="+", default=["val", "test"])
+    sub.add_parser("bits", help="fingerprints of every layer that decides CPU bits, to compare two machines")
     p = sub.add_parser("defects", help="the judge's preference for defects of the base's outputs, beside the rater's")
     p.add_argument("--inputs", type=int, default=48, help="validation inputs per task")
     args = parser.parse_args()
@@ -107,6 +108,10 @@ def main() -> None:
 
         for row in models.judge_by_spread(tuple(args.splits)):
             print(json.dumps(row), flush=True)
+    elif args.name == "bits":
+        from onereward.bench import bits
+
+        print(json.dumps(bits.report(), indent=1))
     elif args.name == "dvc-noop":
         print(json.dumps(dvc_noop(args.repeats)))
     else:
