@@ -70,7 +70,8 @@ def pretrain_and_record(out: str) -> None:
 
 def test_two_processes_pretrain_the_base_as_one_does(tmp_path):
     """Both phases on two DDP processes (each half of every batch, the same draws) follow one
-    process up to float summation order: losses to 1e-4 relative, weights to a tenth of an lr step."""
+    process up to float summation order: losses to 1e-4 relative, weights to 1e-5 but for elements
+    whose Adam step summation order flips."""
     from safetensors.torch import load_file
 
     code = ("import sys; sys.path.insert(0, {tests!r}); from onereward.launch import data_parallel; "
@@ -84,7 +85,11 @@ def test_two_processes_pretrain_the_base_as_one_does(tmp_path):
     for k in ("vae_loss", "flow_loss"):
         assert abs(one[k] - two[k]) < 1e-4 * max(1.0, abs(one[k])), (k, one[k], two[k])
     w1, w2 = (load_file(str(tmp_path / f"p{n}" / "w.safetensors")) for n in (1, 2))
-    assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-4
+    # Adam turns a gradient element near zero into a whole lr step whose sign summation order can
+    # flip, so a few elements may differ by up to two steps; all but one in 10,000 agree closely
+    diff = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1])
+    close = (diff < 1e-5).float().mean().item()
+    assert close > 0.9999 and diff.max().item() <= 2 * max(CFG.lr, CFG.vae_lr), (close, diff.max().item())
     # and the processes did train: the weights moved from the seed's
     fresh = build_tiny_pipeline(seed=0)
     assert (w1["tr.proj_out.weight"] - fresh.transformer.proj_out.weight).abs().max() > 1e-4
