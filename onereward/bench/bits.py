@@ -77,8 +77,9 @@ def fingerprints() -> dict[str, str]:
     u = torch.randn(4099, generator=g)  # odd length: the vector body and the scalar tail
     for name, fn in (("exp", torch.exp), ("log", lambda t: t.abs().log()), ("tanh", torch.tanh), ("sigmoid", torch.sigmoid),
                      ("silu", F.silu), ("gelu tanh", lambda t: F.gelu(t, approximate="tanh")), ("erf", torch.erf),
-                     ("sin/cos", lambda t: torch.sin(t) + torch.cos(t)), ("rsqrt", lambda t: t.abs().rsqrt()), ("sum", torch.sum)):
+                     ("sin/cos", lambda t: torch.sin(t) + torch.cos(t)), ("rsqrt", lambda t: t.abs().rsqrt())):
         out[f"unary: {name}"] = _digest(fn(u))
+    out["reduction: sum"] = _digest(u.sum())
     img = torch.rand(2, 3, 64, 64, generator=g)
     out["interpolate bicubic (antialias)"] = _digest(F.interpolate(img, size=(112, 112), mode="bicubic", antialias=True))
     p = torch.nn.Parameter(torch.randn(64, 64, generator=g))
