@@ -17,6 +17,12 @@ the first ``import torch``.
   sizes of the CPU at hand, so a CPU with another L2 gets other bits. ``portable_kernels`` turns
   them off (torch then convolves with its own im2col + MKL GEMM).
 - OpenBLAS (numpy's, inside scikit-image): ``OPENBLAS_CORETYPE`` fixes its kernel family.
+- MKL's vector math (VML): torch's float32 ``sqrt`` on CPU is MKL's ``vsSqrt``, within one unit
+  in the last place but not correctly rounded (15% of random inputs differ from IEEE's square
+  root on an AMD EPYC, whatever ``MKL_CBWR`` says), and the bits are the vendor's: torch's default
+  AdamW step was the one layer in ``python -m onereward.bench bits`` that differed between an
+  Intel Xeon and an AMD EPYC. :func:`adamw` (torch's fused kernel: IEEE arithmetic and the
+  hardware square root) and :func:`exact_sqrt` are what the project uses instead.
 
 The environment variables are read when the libraries load, so they only take effect in a fresh
 process; the thread counts and torch's backend flags are also applied to an imported torch.
@@ -98,3 +104,21 @@ def pin_from_params(path: str | Path = "params.yaml") -> NumericsConfig:
     pin(cfg)
     return cfg
 
+
+def adamw(params, **kwargs):
+    """torch's AdamW with its fused kernel, the project's one optimiser. The default kernel takes the
+    square root of the second moment with MKL's vendor-dependent ``vsSqrt`` (module docstring); the
+    fused one uses only exactly rounded operations, so a step has the same bits on every CPU
+    (``tests/test_numerics.py`` checks it against IEEE arithmetic), and it is faster."""
+    import torch
+
+    return torch.optim.AdamW(params, fused=True, **kwargs)
+
+
+def exact_sqrt(t):
+    """The correctly rounded square root of a float32 tensor, differentiable: float64's square root
+    (within an ulp) rounded to float32 is the correctly rounded float32 one, since a float's square
+    root never lies that close to a rounding boundary; torch's float32 ``sqrt`` is not (see above)."""
+    import torch
+
+    return t.to(torch.float64).sqrt().to(t.dtype) if t.dtype == torch.float32 else t.sqrt()

@@ -54,6 +54,7 @@ def fingerprints() -> dict[str, str]:
     import torch.nn.functional as F
 
     from onereward.data.photos import load_photos
+    from onereward.numerics import adamw, exact_sqrt
     from onereward.policy.pretrain import PretrainConfig, example
 
     out = {"photos: decoded (imageio, Pillow, libjpeg-turbo)": _digest(*(p for _, p in load_photos()))}
@@ -82,11 +83,17 @@ def fingerprints() -> dict[str, str]:
     out["reduction: sum"] = _digest(u.sum())
     img = torch.rand(2, 3, 64, 64, generator=g)
     out["interpolate bicubic (antialias)"] = _digest(F.interpolate(img, size=(112, 112), mode="bicubic", antialias=True))
-    p = torch.nn.Parameter(torch.randn(64, 64, generator=g))
-    opt = torch.optim.AdamW([p], lr=1e-3)
-    p.grad = torch.randn(64, 64, generator=g)
-    opt.step()
-    out["AdamW step"] = _digest(p)
+    start, grad = torch.randn(64, 64, generator=g), torch.randn(64, 64, generator=g)
+    for name, make in (("AdamW step: torch's default kernel (MKL vsSqrt; not used by the stages)", torch.optim.AdamW),
+                       ("AdamW step: fused (numerics.adamw, the stages' optimiser)", adamw)):
+        p = torch.nn.Parameter(start.clone())
+        opt = make([p], lr=1e-3)
+        p.grad = grad.clone()
+        opt.step()
+        out[name] = _digest(p)
+    r = torch.rand(4099, generator=g) * 10
+    out["sqrt: torch float32 (MKL vsSqrt; not used by the stages)"] = _digest(r.sqrt())
+    out["sqrt: numerics.exact_sqrt"] = _digest(exact_sqrt(r))
     out.update(_model_steps())
     return out
 

@@ -31,6 +31,7 @@ from onereward.judge.data import Example, batched, examples, shuffled, stack
 from onereward.judge.metrics import pair_results, summarize
 from onereward.judge.model import DistinctImagesForward, Judge, JudgeMeta
 from onereward.launch import mean_over_processes
+from onereward.numerics import adamw
 
 InputsFn = Callable[[str, bool, int], Iterable[dict]]
 """(split, shuffle, seed) -> input samples as ``onereward.data.reader.input_dataset`` yields them."""
@@ -292,7 +293,7 @@ def train(
     # DDP over several processes, the module itself over one; each distinct image of a batch
     # goes through the vision tower once (both orders of a pair share their two images)
     runner = acc.prepare_model(DistinctImagesForward(judge.model))
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     rows_digest = hashlib.sha256(json.dumps(train_rows, sort_keys=True, default=str).encode()).hexdigest()
     fingerprint = cfg.fingerprint(**judge.size_rule(), rows=rows_digest, world=world)
     start = load_checkpoint(ckpt_dir / "latest", fingerprint, judge, opt) if ckpt_dir else 0

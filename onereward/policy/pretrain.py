@@ -19,6 +19,7 @@ from tqdm import tqdm
 from onereward import tasks
 from onereward.data import scenes as syn
 from onereward.launch import mean_over_processes
+from onereward.numerics import adamw
 from onereward.policy.adapter import Condition, FillPolicy
 from onereward.policy.quality import BaseBar
 
@@ -207,7 +208,7 @@ def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dic
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     rng = np.random.default_rng([cfg.seed, 1])
     gen = torch.Generator().manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    opt = adamw(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.vae_steps)
     bar = tqdm(range(cfg.vae_steps), desc="base_model vae", unit="step", disable=not acc.is_main_process)
     for _ in bar:
@@ -258,7 +259,7 @@ def train_transformer(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig
     runner = acc.prepare_model(tr)
     mine = _share(cfg.batch_size, acc)
     rng = np.random.default_rng([cfg.seed, 2])
-    opt = torch.optim.AdamW(tr.parameters(), lr=cfg.lr, weight_decay=0.0)
+    opt = adamw(tr.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.steps)
     bar = tqdm(range(cfg.steps), desc="base_model flow", unit="step", disable=not acc.is_main_process)
     ema = None

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from onereward.config import Profile
 from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, canonical_safetensors, dumps_json
+from onereward.numerics import adamw
 from onereward.policy.adapter import DTYPES, FillPolicy
 from onereward.policy.known import GenerationConfig
 from onereward.rl import checkpoint as ckpt_mod
@@ -160,7 +161,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         shard_transformer(tr, dtype)
     initial, ema = snapshots(cfg, tr, acc.device, dtype)
     params = [p for p in tr.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adamw(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     if sharded:  # FSDP's hooks do DDP's work: the module is used as it is
         model, opt = tr, acc.prepare(opt)
     else:

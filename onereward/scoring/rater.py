@@ -61,6 +61,7 @@ from dataclasses import dataclass, fields
 import torch
 
 from onereward import tasks as registry
+from onereward.numerics import exact_sqrt
 from onereward.scoring.base import PointwiseScorer, ScoreOutput, register_scorer
 from onereward.scoring.content import ContentScorer, check_content, content_box
 from onereward.scoring.pixels import (
@@ -211,7 +212,7 @@ def _sharpness(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def _contrast(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     y = luma(x)
     mean = masked_mean(y, w).view(-1, 1, 1, 1)
-    return masked_mean((y - mean) ** 2, w).clamp_min(0).sqrt()
+    return exact_sqrt(masked_mean((y - mean) ** 2, w).clamp_min(0))
 
 
 def _saturation(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
