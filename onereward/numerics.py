@@ -109,7 +109,7 @@ def adamw(params, **kwargs):
     """torch's AdamW with its fused kernel, the project's one optimiser. The default kernel takes the
     square root of the second moment with MKL's vendor-dependent ``vsSqrt`` (module docstring); the
     fused one uses only exactly rounded operations, so a step has the same bits on every CPU
-    (``tests/test_numerics.py`` checks it against IEEE arithmetic), and it is faster."""
+    (``tests/test_numerics.py`` checks it against IEEE arithmetic)."""
     import torch
 
     return torch.optim.AdamW(params, fused=True, **kwargs)

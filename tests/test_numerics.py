@@ -56,8 +56,8 @@ def test_nonsense_is_refused(bad):
 
 
 def test_the_optimisers_step_is_ieee_arithmetic_with_the_exact_square_root():
-    # torch's float32 sqrt on CPU (MKL vsSqrt) is off by an ulp in about 15% of inputs, differently
-    # on each vendor; the project's AdamW step must match IEEE float32 arithmetic bit for bit
+    # torch's float32 sqrt on CPU (MKL vsSqrt) is off by an ulp in about 15% of inputs and
+    # differed between an Intel and an AMD machine; the project's AdamW step must match IEEE float32 arithmetic bit for bit
     import numpy as np
     import torch
 
