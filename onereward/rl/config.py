@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from onereward.rl.sharding import PARALLEL
-from onereward.tasks import TASKS, rl_task_weights
+from onereward.tasks import DIMENSIONS, TASKS, rl_task_weights
 
 ALGORITHMS = ("reference_ema", "dynamic")
 REWARD_ORDERS = ("first", "both")
@@ -50,6 +50,11 @@ class TrainPolicyConfig:
     """Gradient clipping (global L2 norm)."""
     reward_cap: float = 0.9
     """lambda: loss_d = max(0, lambda - r_d); rewards above it give no gradient (anti reward hacking)."""
+    dimension_weights: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Weight of each dimension's capped loss, by task then dimension (for example
+    ``{extend: {aesthetics: 2.0}}``): a sample's loss and reward are the weighted means over its
+    task's dimensions. Dimensions left out weigh 1; 0 drops one from the reward. Empty: the
+    paper's plain mean."""
     reward_orders: str = "first"
     """'first': r_d = P(Yes | policy, reference), the paper's Alg. 1; 'both': the mean of that and
     P(No | reference, policy), the order-symmetric score Table 1 measures the judge with."""
@@ -132,6 +137,16 @@ class TrainPolicyConfig:
         if unknown or any(w < 0 for w in self.task_weights.values()) or (self.task_weights and not sum(self.task_weights.values()) > 0):
             raise ValueError(f"train_policy.task_weights must map tasks of {sorted(TASKS)} to non-negative weights "
                              f"with a positive sum, got {self.task_weights!r}")
+        for task, weights in self.dimension_weights.items():
+            if task not in TASKS:
+                raise ValueError(f"train_policy.dimension_weights: unknown task {task!r}; known: {sorted(TASKS)}")
+            dims = TASKS[task].dimensions
+            always = [d for d in dims if not DIMENSIONS[d].uses_prompt]  # scored on every input
+            if set(weights) - set(dims) or any(w < 0 for w in weights.values()) \
+                    or not any(weights.get(d, 1.0) > 0 for d in always):
+                raise ValueError(f"train_policy.dimension_weights.{task} must map {task}'s dimensions {list(dims)} to "
+                                 f"non-negative weights, one of {always} (scored without a prompt too) above 0; "
+                                 f"got {weights!r}")
         if self.ema_device not in ("accelerator", "cpu"):
             raise ValueError(f"train_policy.ema_device must be 'accelerator' or 'cpu', got {self.ema_device!r}")
         if self.prompt_cache_size < max(self.batch_size, 1) + 1:  # a batch's prompts and the negative one
@@ -140,6 +155,10 @@ class TrainPolicyConfig:
             raise ValueError(f"train_policy.anchor_weight must be >= 0, got {self.anchor_weight}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("train_policy.ema_decay must be in [0, 1)")
+
+    def reward_weights(self, task: str) -> dict[str, float]:
+        """Dimension -> weight of its loss for ``task`` (1 where ``dimension_weights`` is silent)."""
+        return {d: float(self.dimension_weights.get(task, {}).get(d, 1.0)) for d in TASKS[task].dimensions}
 
     def sampling_weights(self) -> dict[str, float]:
         """Task -> probability of sampling it in an iteration."""

@@ -69,13 +69,27 @@ class Rewards:
     sample: list[int]
     dims: list[str]
     task: str
+    weights: dict[str, float] | None = None
+    """Dimension -> weight in a sample's mean (``TrainPolicyConfig.reward_weights``); None: all 1."""
+
+    def pair_weights(self) -> torch.Tensor:
+        """Each (sample, dimension) pair's weight, as ``p_yes``'s dtype."""
+        w = [1.0 if self.weights is None else self.weights[d] for d in self.dims]
+        return torch.tensor(w, device=self.p_yes.device, dtype=self.p_yes.dtype)
+
+    def weighted(self, values: torch.Tensor, batch: int) -> torch.Tensor:
+        """Per-pair ``values`` times the pair's weight over its sample's weight sum: summed over a
+        sample's pairs, the weighted mean over its dimensions."""
+        idx = torch.tensor(self.sample, device=values.device)
+        w = self.pair_weights().to(values.dtype)
+        return values * w / torch.zeros(batch, device=values.device, dtype=values.dtype).index_add(0, idx, w)[idx]
 
     def per_sample(self, batch: int) -> torch.Tensor:
-        """Mean reward over each sample's dimensions."""
+        """Each sample's reward: the (weighted) mean over its dimensions."""
         idx = torch.tensor(self.sample, device=self.p_yes.device)
-        total = torch.zeros(batch, device=self.p_yes.device, dtype=self.p_yes.dtype).index_add(0, idx, self.p_yes)
-        count = torch.zeros(batch, device=self.p_yes.device).index_add(0, idx, torch.ones_like(self.p_yes))
-        return total / count
+        w = self.pair_weights()
+        total = torch.zeros(batch, device=w.device, dtype=w.dtype).index_add(0, idx, self.p_yes * w)
+        return total / torch.zeros(batch, device=w.device, dtype=w.dtype).index_add(0, idx, w)
 
     def by_dimension(self) -> dict[str, float]:
         out = {}
@@ -84,7 +98,8 @@ class Rewards:
         return out
 
 
-def judge_rewards(judge, first, second, task: str, prompts: list[str | None], orders: str = "first") -> Rewards:
+def judge_rewards(judge, first, second, task: str, prompts: list[str | None], orders: str = "first",
+                  weights: dict[str, float] | None = None) -> Rewards:
     """r_d = P(Yes | first, second, q(task, d, prompt)) for every dimension of every sample
     (``orders="first"``, the paper's Alg. 1), or with ``orders="both"`` the order-symmetric
     1/2 [P(Yes | first, second, q) + P(No | second, first, q)], the score the judge is trained
@@ -106,12 +121,9 @@ def judge_rewards(judge, first, second, task: str, prompts: list[str | None], or
     p = pair_p_yes(judge, policy, reference, sample, queries)
     if orders == "both":
         p = 0.5 * (p + 1 - pair_p_yes(judge, reference, policy, sample, queries))
-    return Rewards(p, sample, dims, task)
+    return Rewards(p, sample, dims, task, weights)
 
 
 def capped_loss(rewards: Rewards, batch: int, cap: float) -> torch.Tensor:
-    """Mean over samples of the mean over the task's dimensions of max(0, lambda - r_d)."""
-    per_pair = torch.relu(cap - rewards.p_yes)
-    idx = torch.tensor(rewards.sample, device=per_pair.device)
-    count = torch.zeros(batch, device=per_pair.device).index_add(0, idx, torch.ones_like(per_pair))
-    return (per_pair / count[idx]).sum() / batch
+    """Mean over samples of the (weighted) mean over the task's dimensions of max(0, lambda - r_d)."""
+    return rewards.weighted(torch.relu(cap - rewards.p_yes), batch).sum() / batch

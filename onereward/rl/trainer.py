@@ -189,7 +189,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
     joins = main or sharded
     if joins:
         with acc.autocast():
-            validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device)
+            validator = Validator(val_conds, rollouts, judge, initial.bind(tr), cfg.batch_size, acc.device, cfg.reward_weights)
     if not frozen_reference:
         initial = None  # Alg. 2 needs the base only for validation's baseline images, made above
 
@@ -251,7 +251,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
             ref = reference(d, images, masks, prompts)
             anchor = reference_model() if cfg.anchor_weight else None
             img, drift = rollouts.one_step_x0(images, masks, prompts, d.policy_seeds, d.t, tr, model, anchor)
-            rewards = judge_rewards(judge, img, ref, d.task, raw_prompts, cfg.reward_orders)
+            rewards = judge_rewards(judge, img, ref, d.task, raw_prompts, cfg.reward_orders, cfg.reward_weights(d.task))
             loss = capped_loss(rewards, len(d.index), cfg.reward_cap)
             if drift is not None:
                 loss = loss + cfg.anchor_weight * drift.mean()

@@ -4,6 +4,7 @@ conditions and noises, a reward-hacking flag, and an image grid of base against 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -22,10 +23,12 @@ class Validator:
     (onereward.scoring.rater; never a training signal), per task and dimension. Conditions of
     different sizes are sampled and scored in groups of one size; images are kept per condition."""
 
-    def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device):
+    def __init__(self, conds: ConditionSet, rollouts: Rollouts, judge, base_model, batch: int, device,
+                 reward_weights: Callable[[str], dict[str, float]] | None = None):
         from onereward.scoring import build_scorer
 
         self.conds, self.rollouts, self.judge, self.batch, self.device = conds, rollouts, judge, batch, device
+        self.reward_weights = reward_weights or (lambda task: None)  # the reward RL optimises: the same weights
         self.rater = build_scorer("rater") if conds.has_truth else None
         self.base = self._images([key_seed(k) * 16 + 15 for k in conds.keys], base_model)
         self.base_rating = self.rate(self.base)
@@ -74,7 +77,7 @@ class Validator:
         for task in sorted(set(self.conds.tasks)):
             for idx in self.conds.by_size([i for i, t in enumerate(self.conds.tasks) if t == task]):
                 r = judge_rewards(self.judge, torch.stack([images[i] for i in idx]), torch.stack([self.base[i] for i in idx]),
-                                  task, [self.conds.prompts[i] for i in idx])
+                                  task, [self.conds.prompts[i] for i in idx], weights=self.reward_weights(task))
                 per_sample[idx] = r.per_sample(len(idx)).float().cpu()
         out = {"reward": float(per_sample.mean())}
         for task in sorted(set(self.conds.tasks)):
