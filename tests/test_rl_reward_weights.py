@@ -11,7 +11,7 @@ from onereward.config import ParamsError, from_dict
 from onereward.rl.config import TrainPolicyConfig
 from onereward.rl.rollout import Rewards, capped_loss
 
-# two fill samples (one with a text prompt: four dimensions, one without: three) and a removal-like one
+# two fill samples: one with a text prompt (four dimensions), one without (three)
 SAMPLE = [0, 0, 0, 0, 1, 1, 1]
 DIMS = ["text_alignment", "consistency", "structure", "aesthetics", "consistency", "structure", "aesthetics"]
 

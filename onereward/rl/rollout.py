@@ -77,19 +77,22 @@ class Rewards:
         w = [1.0 if self.weights is None else self.weights[d] for d in self.dims]
         return torch.tensor(w, device=self.p_yes.device, dtype=self.p_yes.dtype)
 
+    def _weighting(self, batch: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(each pair's sample index, its weight, each sample's weight sum), as ``like``'s dtype."""
+        idx = torch.tensor(self.sample, device=like.device)
+        w = self.pair_weights().to(like.dtype)
+        return idx, w, torch.zeros(batch, device=like.device, dtype=like.dtype).index_add(0, idx, w)
+
     def weighted(self, values: torch.Tensor, batch: int) -> torch.Tensor:
         """Per-pair ``values`` times the pair's weight over its sample's weight sum: summed over a
         sample's pairs, the weighted mean over its dimensions."""
-        idx = torch.tensor(self.sample, device=values.device)
-        w = self.pair_weights().to(values.dtype)
-        return values * w / torch.zeros(batch, device=values.device, dtype=values.dtype).index_add(0, idx, w)[idx]
+        idx, w, sums = self._weighting(batch, values)
+        return values * w / sums[idx]
 
     def per_sample(self, batch: int) -> torch.Tensor:
         """Each sample's reward: the (weighted) mean over its dimensions."""
-        idx = torch.tensor(self.sample, device=self.p_yes.device)
-        w = self.pair_weights()
-        total = torch.zeros(batch, device=w.device, dtype=w.dtype).index_add(0, idx, self.p_yes * w)
-        return total / torch.zeros(batch, device=w.device, dtype=w.dtype).index_add(0, idx, w)
+        idx, w, sums = self._weighting(batch, self.p_yes)
+        return torch.zeros(batch, device=w.device, dtype=w.dtype).index_add(0, idx, self.p_yes * w) / sums
 
     def by_dimension(self) -> dict[str, float]:
         out = {}
