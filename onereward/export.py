@@ -173,7 +173,8 @@ def code_version(lock: Path = Path("dvc.lock"), stage: str = "export") -> str:
     From dvc.lock, not the git commit: the commit that records an export's hash in dvc.lock cannot
     be named inside that export, so a card holding it would never regenerate byte for byte in a
     fresh clone. Read from the lock, not from the files: an edit to code these stages do not run
-    (or that has not run yet) changes nothing here, as it changes nothing in the weights."""
+    (or that has not run yet) changes nothing here, as it changes nothing in the weights. The
+    export stage depends on every code folder in dvc.yaml, so it re-runs whenever this can change."""
     if not lock.is_file():
         return "unavailable (no dvc.lock)"
     lines = sorted(f"{name} {d['path']} {d.get('md5', '?')}\n" for name, st in _upstream_stages(lock, stage).items()
@@ -182,16 +183,21 @@ def code_version(lock: Path = Path("dvc.lock"), stage: str = "export") -> str:
 
 
 def data_versions(lock: Path = Path("dvc.lock"), stage: str = "export") -> dict[str, dict[str, str]]:
-    """Per stage ``stage`` is built from: output path -> md5, as dvc.lock records it."""
+    """Per stage whose outputs ``stage`` reads directly: output path -> md5, as dvc.lock records it.
+
+    Direct inputs only: DVC re-runs ``stage`` when one of those changes, so the card never lags the
+    lock. An older ancestor's output (a plot, a stats report) can change while these stay the same,
+    and a card naming it would then differ between a fresh clone and the tree that made it."""
     return {name: {o["path"]: o.get("md5", "?") for o in st.get("outs", [])}
-            for name, st in sorted(_upstream_stages(lock, stage).items()) if st.get("outs")}
+            for name, st in sorted(_upstream_stages(lock, stage, direct=True).items()) if st.get("outs")}
 
 
-def _upstream_stages(lock: Path, stage: str) -> dict[str, dict]:
+def _upstream_stages(lock: Path, stage: str, direct: bool = False) -> dict[str, dict]:
     """dvc.lock's entries of the ancestors of ``stage``: stages whose outputs are (or hold, or lie
     in) a dependency of it or of another ancestor. Only those: the entry of a stage downstream
     (the headline of the run before) would make the card, and with it the export's hash, depend
-    on the previous run, and a fresh clone would never reproduce it. ``stage``'s own dependencies
+    on the previous run, and a fresh clone would never reproduce it. ``direct``: only the stages
+    whose outputs ``stage`` reads itself. ``stage``'s own dependencies
     come from dvc.yaml beside the lock (its lock entry is the run before's, or none on a first
     run), else from its lock entry."""
     stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {}) if lock.is_file() else {}
@@ -210,7 +216,7 @@ def _upstream_stages(lock: Path, stage: str) -> dict[str, dict]:
         new = {name: st for name, st in stages.items() if name != stage and name not in found
                and any(feeds(o["path"], d) for o in st.get("outs", []) for d in deps)}
         found.update(new)
-        deps = [d["path"] for st in new.values() for d in st.get("deps", [])]
+        deps = [] if direct else [d["path"] for st in new.values() for d in st.get("deps", [])]
     return found
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -225,5 +226,19 @@ def test_code_version_names_the_code_dvc_lock_records_not_the_commit(tmp_path):
     assert code_version(lock("c2", "e1")) != a
     # a stage downstream of the export (its entry is the run before's) or beside it: not in the card
     assert code_version(lock("c1", "e1", headline="h2")) == a and code_version(lock("c1", "e1", side="s2")) == a
-    assert sorted(data_versions(lock("c1", "e1"))) == ["prepare", "train"]  # ancestors, also through a folder
+    assert sorted(data_versions(lock("c1", "e1"))) == ["train"]  # the inputs it reads, also through a folder
     assert code_version(tmp_path / "none.lock").startswith("unavailable")
+
+
+def test_export_stage_declares_every_input_its_card_names():
+    """The card names upstream code by dvc.lock's hashes; unless the export stage depends on that code,
+    an upstream edit that leaves the weights alone leaves a stale card, and a fresh clone differs."""
+    from onereward.export import CODE_FOLDERS
+
+    spec = yaml.safe_load((pathlib.Path(__file__).parents[1] / "dvc.yaml").read_text())["stages"]
+    own = [d for d in spec["export"]["deps"] if isinstance(d, str)]
+    upstream_code = {d for name, st in spec.items() if name != "export"
+                     for d in st.get("deps", []) if isinstance(d, str) and d.startswith(CODE_FOLDERS)}
+    assert upstream_code, "dvc.yaml has no code dependencies to check"
+    missing = [d for d in upstream_code if not any(d == o or d.startswith(o.rstrip("/") + "/") for o in own)]
+    assert not missing, missing
