@@ -77,9 +77,14 @@ class NumericsConfig:
         return {**env, **ISA_VARIABLES.get(self.cpu_isa, {})}
 
 
+PINNED: NumericsConfig | None = None
+"""What :func:`pin` last applied to this process (None: nothing)."""
+
+
 def pin(cfg: NumericsConfig) -> None:
     """Apply ``cfg`` to this process (and the processes it starts); imports torch after the
     environment is set, so that its libraries load with it."""
+    global PINNED
     os.environ.update(cfg.environment())
     import torch
 
@@ -91,6 +96,13 @@ def pin(cfg: NumericsConfig) -> None:
     if cfg.portable_kernels:
         torch.backends.mkldnn.enabled = False
         torch.backends.nnpack.enabled = False
+    PINNED = cfg
+
+
+def pool_options() -> dict:
+    """``multiprocessing`` Pool arguments whose workers compute as this process does: the
+    environment is inherited, the backend flags are applied again in each worker."""
+    return {"initializer": pin, "initargs": (PINNED,)} if PINNED else {}
 
 
 def config_from_params(path: str | Path = "params.yaml") -> NumericsConfig:

@@ -176,3 +176,30 @@ def test_the_rater_verdict_follows_the_intervals():
     text = verdict(rated)
     assert "better in image fill;" in text and "worse in object removal;" in text
     assert "undecided in image fill: text rendering, image extend with prompt**" in text
+
+
+def test_inputs_dealt_over_worker_processes_give_one_process_s_outputs_and_scores(shards, tmp_path):
+    """evaluate.workers splits the inputs over fresh processes: the same images, judge scores and
+    metrics as one process, in the same order."""
+    from onereward.config import Profile
+    from onereward.eval.run import EvalPaths, run
+    from onereward.judge.model import JudgeMeta
+    from onereward.judge.tiny import TinyJudgeConfig, save_tiny_judge
+    from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+
+    save_pipeline(build_tiny_pipeline(seed=0), tmp_path / "base")
+    save_pipeline(build_tiny_pipeline(seed=1), tmp_path / "tuned")
+    save_tiny_judge(TinyJudgeConfig(seed=0), tmp_path / "judge")
+    JudgeMeta(resolution=56).write(tmp_path / "judge")
+    profile = Profile("tiny", "unused", str(tmp_path / "judge"), str(tmp_path / "base"))
+    paths = EvalPaths(shards=shards, tuned=tmp_path / "tuned", judge=tmp_path / "judge")
+    results = [run(EvaluateConfig(per_setting=2, num_inference_steps=2, true_cfg=1.0, workers=w), profile, paths)
+               for w in (1, 2)]
+    (items, outputs, scores, metrics), (items2, outputs2, scores2, metrics2) = results
+    assert len(items) >= 3 and [it.key for it in items] == [it.key for it in items2]
+    for model in ("base", "tuned"):
+        assert list(outputs[model]) == list(outputs2[model]) == [it.key for it in items]
+        for key, image in outputs[model].items():
+            assert np.array_equal(np.asarray(image), np.asarray(outputs2[model][key]))
+    assert scores == scores2 and metrics == metrics2
+    assert any(not np.array_equal(np.asarray(outputs["base"][k]), np.asarray(outputs["tuned"][k])) for k in outputs["base"])

@@ -94,6 +94,18 @@ def test_same_seed_same_weights(tmp_path):
     assert (tmp_path / "a/model.safetensors").read_bytes() == (tmp_path / "b/model.safetensors").read_bytes()
 
 
+@pytest.mark.parametrize("std", [0.02, 0.1])
+def test_initializer_range_sets_every_weight_of_both_towers_and_is_saved(tmp_path, std):
+    save_tiny_judge(TinyJudgeConfig(seed=1, initializer_range=std), tmp_path)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(tmp_path)
+    weights = {n: p for n, p in model.named_parameters() if p.dim() >= 2}
+    assert any(".visual." in n for n in weights) and any("language_model" in n for n in weights)
+    for name, w in weights.items():  # linear, embedding and patch-embedding weights alike
+        assert abs(float(w.std()) - std) < 0.15 * std, name
+    config = model.config
+    assert config.text_config.initializer_range == config.vision_config.initializer_range == std
+
+
 def test_p_yes_is_softmax_over_yes_and_no(judge, base):
     """Recompute with the stock image processor and a plain forward: softmax over {Yes, No}."""
     a, b = images(1, 0), images(1, 1)

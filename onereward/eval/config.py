@@ -41,14 +41,17 @@ class EvaluateConfig:
     """Integer upscaling of images in the PNG grids (nearest neighbour)."""
     grid_rows: int = 12
     """Inputs shown per setting in the PNG grids (the first by key); the tables use all."""
+    workers: int = 1
+    """Processes generating and judging the inputs on CPU (each input is computed on its own, so
+    the reports do not depend on it); on an accelerator the stage runs in one process."""
 
     def __post_init__(self):
         if not 0.0 <= self.gsb_margin < 0.5:
             raise ValueError(f"evaluate.gsb_margin must be in [0, 0.5), got {self.gsb_margin}")
         if not 0.0 < self.usable_share <= 1.0:
             raise ValueError(f"evaluate.usable_share must be in (0, 1], got {self.usable_share}")
-        if self.num_inference_steps < 1 or self.per_setting < 0 or self.grid_scale < 1 or self.grid_rows < 1:
-            raise ValueError("evaluate: num_inference_steps, grid_scale and grid_rows must be >= 1, per_setting >= 0")
+        if min(self.num_inference_steps, self.grid_scale, self.grid_rows, self.workers) < 1 or self.per_setting < 0:
+            raise ValueError("evaluate: num_inference_steps, grid_scale, grid_rows and workers must be >= 1, per_setting >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)

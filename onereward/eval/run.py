@@ -60,18 +60,17 @@ def generate_outputs(policy, items: list[Item], cfg: EvaluateConfig, desc: str,
     return out
 
 
-def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths(),
-        generation: GenerationConfig = GenerationConfig()):
-    """(items, outputs[model][key], scores, metrics). Models are loaded one at a time (memory)."""
+def generate_and_judge(items: list[Item], cfg: EvaluateConfig, profile: Profile, paths: EvalPaths,
+                       generation: GenerationConfig) -> tuple[dict[str, dict[str, Image.Image]], list[InputScores]]:
+    """(outputs[model][key], judge scores) of ``items``. Every input is generated and judged on its
+    own (its noise seed comes from its key), so any split of the items gives the same bits.
+    Models are loaded one at a time (memory)."""
     import torch
 
     from onereward.fill import load_policy
     from onereward.judge.model import Judge
     from onereward.policy.adapter import DTYPES
 
-    items, _ = select(str(paths.shards), cfg.split, cfg.per_setting)
-    if not items:
-        raise ValueError(f"no inputs of any evaluation setting in split {cfg.split!r} under {paths.shards}")
     outputs = {}
     for model, path in (("base", profile.policy_model), ("tuned", str(paths.tuned))):
         policy = load_policy(path, device=profile.device, dtype=profile.dtype)
@@ -86,6 +85,43 @@ def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths(),
             outs = {m: outputs[m][it.key] for m in outputs}
             scores.append(score_input(judge, it.key, it.task, it.prompt, it.settings, outs, it.candidates,
                                       cfg.judge_batch_size))
+    return outputs, scores
+
+
+def _worker_job(job) -> tuple[dict[str, dict[str, Image.Image]], list[InputScores]]:
+    return generate_and_judge(*job)
+
+
+def generate_and_judge_in_workers(items: list[Item], cfg: EvaluateConfig, profile: Profile, paths: EvalPaths,
+                                  generation: GenerationConfig):
+    """``generate_and_judge`` with the items dealt over ``cfg.workers`` fresh processes; the
+    results are put back in the items' order, the same bits as one process's."""
+    import multiprocessing
+
+    from onereward.numerics import pool_options
+
+    parts = [items[k :: cfg.workers] for k in range(cfg.workers)]
+    ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
+    with ctx.Pool(cfg.workers, **pool_options()) as pool:
+        results = pool.map(_worker_job, [(part, cfg, profile, paths, generation) for part in parts])
+    outputs = {m: {} for m in results[0][0]}
+    scores = {}
+    for part_outputs, part_scores in results:
+        for m in outputs:
+            outputs[m].update(part_outputs[m])
+        scores.update((s.key, s) for s in part_scores)
+    order = [it.key for it in items]
+    return {m: {k: outputs[m][k] for k in order} for m in outputs}, [scores[k] for k in order]
+
+
+def run(cfg: EvaluateConfig, profile: Profile, paths: EvalPaths = EvalPaths(),
+        generation: GenerationConfig = GenerationConfig()):
+    """(items, outputs[model][key], scores, metrics)."""
+    items, _ = select(str(paths.shards), cfg.split, cfg.per_setting)
+    if not items:
+        raise ValueError(f"no inputs of any evaluation setting in split {cfg.split!r} under {paths.shards}")
+    parallel = cfg.workers > 1 and profile.device == "cpu"
+    outputs, scores = (generate_and_judge_in_workers if parallel else generate_and_judge)(items, cfg, profile, paths, generation)
     metrics = aggregate(scores, cfg.gsb_margin, cfg.usable_share)
     rated = aggregate_rated(rate(items, outputs), scores, cfg.rater_margin, cfg.usable_share)
     for name, entry in rated.items():

@@ -106,6 +106,8 @@ class TinyJudgeConfig:
     """Attention heads of the vision transformer."""
     vision_intermediate_size: int = 128
     """MLP width of the vision transformer."""
+    initializer_range: float = 0.02
+    """Standard deviation of the normal init of every linear and embedding weight (Qwen's 0.02)."""
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -186,6 +188,7 @@ def build_config(cfg: TinyJudgeConfig, tokenizer) -> Qwen2_5_VLConfig:
             bos_token_id=ids["<|endoftext|>"],
             eos_token_id=ids["<|im_end|>"],
             pad_token_id=ids["<|endoftext|>"],
+            initializer_range=cfg.initializer_range,
         ),
         vision_config=dict(
             depth=cfg.vision_depth,
@@ -195,6 +198,7 @@ def build_config(cfg: TinyJudgeConfig, tokenizer) -> Qwen2_5_VLConfig:
             out_hidden_size=cfg.hidden_size,
             fullatt_block_indexes=[cfg.vision_depth - 1],
             window_size=112,
+            initializer_range=cfg.initializer_range,
         ),
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
