@@ -104,6 +104,8 @@ def generate_and_judge_in_workers(items: list[Item], cfg: EvaluateConfig, profil
     ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
     with ctx.Pool(cfg.workers, **pool_options()) as pool:
         results = pool.map(_worker_job, [(part, cfg, profile, paths, generation) for part in parts])
+        pool.close()  # let the workers exit on their own: terminating them leaks their semaphores
+        pool.join()
     outputs = {m: {} for m in results[0][0]}
     scores = {}
     for part_outputs, part_scores in results:
