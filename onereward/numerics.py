@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
@@ -99,10 +100,32 @@ def pin(cfg: NumericsConfig) -> None:
     PINNED = cfg
 
 
-def pool_options() -> dict:
-    """``multiprocessing`` Pool arguments whose workers compute as this process does: the
-    environment is inherited, the backend flags are applied again in each worker."""
-    return {"initializer": pin, "initargs": (PINNED,)} if PINNED else {}
+def _pin_then(cfg: NumericsConfig | None, initializer, initargs: tuple) -> None:
+    if cfg is not None:
+        pin(cfg)
+    if initializer is not None:
+        initializer(*initargs)
+
+
+@contextmanager
+def worker_pool(processes: int, initializer=None, initargs: tuple = ()):
+    """A ``multiprocessing`` pool of fresh processes (spawned: torch in forked children can
+    deadlock) that compute as this one does: the environment is inherited, and :func:`pin`'s
+    backend flags are applied again in each worker before ``initializer(*initargs)``; a spawned
+    worker imports no stage, so nothing else pins it. On leaving, the workers exit on their own
+    (terminating them leaks their semaphores), or are stopped if the block raised."""
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(processes, _pin_then, (PINNED, initializer, initargs))
+    try:
+        yield pool
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()
+    finally:
+        pool.join()
 
 
 def config_from_params(path: str | Path = "params.yaml") -> NumericsConfig:

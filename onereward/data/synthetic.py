@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import multiprocessing
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from onereward import tasks
 from onereward.data.defects import DEFECTS, spoil
 from onereward.data.records import RECORDS_FILE
 from onereward.data.scenes import Scene, _to_img, make_scene
+from onereward.numerics import worker_pool
 
 
 
@@ -213,10 +213,9 @@ def generate_candidates(inputs: list[Input], cfg: SynthesizeConfig, generator_pa
     out = np.zeros((len(inputs), cfg.num_candidates, size, size, 3), np.uint8)
     total = sum(len(p) for p in batches)
     with tqdm(total=total, desc="synthesize: candidates", unit="image") as bar:
-        # Always in fresh worker processes, even with one worker: they pin CPU numerics from the
-        # environment at import (params.numerics), so the bits never depend on the caller's torch.
-        ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
-        with ctx.Pool(cfg.workers, initializer=_init_worker, initargs=(generator_path, paste_known)) as pool:
+        # Always in fresh worker processes, even with one worker, pinned as this process is
+        # (params.numerics), so the bits never depend on the caller's torch.
+        with worker_pool(cfg.workers, _init_worker, (generator_path, paste_known)) as pool:
             for pairs, imgs in zip(batches, pool.imap(_generate_batch, jobs)):
                 for (i, c), img in zip(pairs, imgs):
                     out[i, c] = img

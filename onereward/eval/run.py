@@ -96,16 +96,11 @@ def generate_and_judge_in_workers(items: list[Item], cfg: EvaluateConfig, profil
                                   generation: GenerationConfig):
     """``generate_and_judge`` with the items dealt over ``cfg.workers`` fresh processes; the
     results are put back in the items' order, the same bits as one process's."""
-    import multiprocessing
-
-    from onereward.numerics import pool_options
+    from onereward.numerics import worker_pool
 
     parts = [items[k :: cfg.workers] for k in range(cfg.workers)]
-    ctx = multiprocessing.get_context("spawn")  # torch in forked children can deadlock
-    with ctx.Pool(cfg.workers, **pool_options()) as pool:
+    with worker_pool(cfg.workers) as pool:
         results = pool.map(_worker_job, [(part, cfg, profile, paths, generation) for part in parts])
-        pool.close()  # let the workers exit on their own: terminating them leaks their semaphores
-        pool.join()
     outputs = {m: {} for m in results[0][0]}
     scores = {}
     for part_outputs, part_scores in results:
