@@ -13,9 +13,15 @@ the first ``import torch``.
   only for Intel processors", so an AMD CPU given ``MKL_CBWR=AVX2`` computes other bits (seen:
   the committed reports did not regenerate on an AMD EPYC). COMPATIBLE (SSE2, no approximate
   reciprocals) is the one branch MKL keeps equal on Intel and AMD, with fixed cache sizes.
-- oneDNN and NNPACK (convolutions, some linear layers): they block their loops by the cache
-  sizes of the CPU at hand, so a CPU with another L2 gets other bits. ``portable_kernels`` turns
-  them off (torch then convolves with its own im2col + MKL GEMM).
+- oneDNN (convolutions, some linear layers): it blocks its loops by the cache sizes of the CPU at
+  hand, so a CPU with another L2 gets other bits. ``portable_kernels`` turns it off.
+- NNPACK (torch's 3x3 convolutions on batches of 16 images or more; smaller batches use torch's
+  im2col + MKL GEMM): Winograd with the same FMA3 kernels on every AVX2 CPU. It splits the sum
+  over input channels by the L1 cache, but only beyond 72 channels with any L1 of 16 KB or more
+  per thread (``input_channels_block_max`` in NNPACK's convolution-output.c); the tiny VAE has
+  at most 64, so its bits do not depend on the cache. ``nnpack`` keeps it on: off, sampling is
+  2.7x slower (BENCHMARKS.md). ``torch.backends.nnpack`` has no ``enabled`` property to assign;
+  only ``set_flags`` reaches the switch.
 - OpenBLAS (numpy's, inside scikit-image): ``OPENBLAS_CORETYPE`` fixes its kernel family.
 - MKL's vector math (VML): torch's float32 ``sqrt`` on CPU is MKL's ``vsSqrt``, within one unit
   in the last place but not correctly rounded (15% of random inputs differ from IEEE's square
@@ -63,8 +69,12 @@ class NumericsConfig:
     last decade, Intel or AMD, and gives the same bits on AVX-512 machines; ``native`` leaves the
     libraries' choice (fastest, but bits then depend on the CPU)."""
     portable_kernels: bool = True
-    """oneDNN and NNPACK off: their cache-size blocking would make bits depend on the CPU model.
-    Costs about 45% on the tiny generator's sampling (BENCHMARKS.md); false: faster, machine-bound bits."""
+    """oneDNN off: its cache-size blocking would make bits depend on the CPU model. Costs about
+    45% on the tiny generator's sampling (BENCHMARKS.md); false: faster, machine-bound bits."""
+    nnpack: bool = True
+    """NNPACK's Winograd convolutions on (module docstring: their bits do not depend on the cache
+    for up to 72 input channels); false: torch's im2col + GEMM for every convolution, 2.7x slower
+    sampling on the tiny generator and other bits."""
 
     def __post_init__(self):
         if self.threads < 1 or self.interop_threads < 1:
@@ -96,7 +106,7 @@ def pin(cfg: NumericsConfig) -> None:
         pass
     if cfg.portable_kernels:
         torch.backends.mkldnn.enabled = False
-        torch.backends.nnpack.enabled = False
+    torch.backends.nnpack.set_flags(cfg.nnpack)
     PINNED = cfg
 
 

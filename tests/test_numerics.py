@@ -12,7 +12,17 @@ from onereward.numerics import NumericsConfig
 
 REPO = Path(__file__).resolve().parents[1]
 PROBE = ("import stages, torch; print(torch.get_num_threads(), torch.backends.cpu.get_cpu_capability(), "
-         "torch.backends.mkldnn.enabled, torch.backends.nnpack.enabled)")
+         "torch._C._get_mkldnn_enabled(), torch._C._get_nnpack_enabled())")  # the switches torch reads, not module attributes
+CONVOLVE = """
+from onereward.numerics import NumericsConfig, pin
+pin(NumericsConfig(nnpack={nnpack}))
+import torch
+from torch.profiler import profile
+x, w = torch.rand(16, 8, 16, 16), torch.rand(8, 8, 3, 3)  # NNPACK's case: 3x3, a batch of 16 or more
+with profile() as prof:
+    torch.nn.functional.conv2d(x, w, padding=1)
+print(sorted(e.key for e in prof.key_averages() if "conv" in e.key))
+"""
 
 
 def test_a_stage_process_ignores_the_machines_thread_and_isa_settings():
@@ -21,7 +31,17 @@ def test_a_stage_process_ignores_the_machines_thread_and_isa_settings():
     threads, isa, onednn, nnpack = out.stdout.split()
     cfg = NumericsConfig()  # params.yaml's values are the defaults
     assert int(threads) == cfg.threads and isa == cfg.cpu_isa.upper()
-    assert onednn == nnpack == "False"  # cache-size-blocked kernels off (portable_kernels)
+    assert onednn == "False"  # cache-size-blocked kernels off (portable_kernels)
+    assert nnpack == str(cfg.nnpack)
+
+
+@pytest.mark.parametrize("nnpack", [True, False])
+def test_the_nnpack_switch_decides_which_kernel_convolves(nnpack):
+    out = subprocess.run([sys.executable, "-c", CONVOLVE.format(nnpack=nnpack)], cwd=REPO, capture_output=True,
+                         text=True, check=True)
+    kernels = out.stdout.strip().splitlines()[-1]
+    assert ("aten::_nnpack_spatial_convolution" in kernels) == nnpack
+    assert ("aten::_slow_conv2d_forward" in kernels) == (not nnpack)  # torch's im2col + MKL GEMM
 
 
 def test_every_layers_fingerprint_ignores_the_machines_settings():

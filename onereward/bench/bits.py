@@ -118,5 +118,8 @@ def _model_steps() -> dict[str, str]:
     vel = policy.velocity(latents, torch.full((4,), 500.0), cond)
     F.mse_loss(vel, torch.zeros_like(vel)).backward()
     tr_grads = [q.grad for q in policy.transformer.parameters() if q.grad is not None]
+    with torch.no_grad():  # batches of 16 or more take NNPACK's Winograd kernels (numerics.nnpack)
+        decoded = policy.vae.decode(torch.randn(16, policy.vae.config.latent_channels, 8, 8, generator=g)).sample
     return {"tiny VAE forward + backward": _digest(rec, *vae_grads),
-            "tiny FLUX transformer forward + backward": _digest(vel, *tr_grads)}
+            "tiny FLUX transformer forward + backward": _digest(vel, *tr_grads),
+            "tiny VAE decoder, 16 latents (NNPACK Winograd)": _digest(decoded)}

@@ -21,7 +21,8 @@ from onereward.numerics import config_from_params
 LOOP = """
 import time, torch
 torch.set_num_threads({threads})
-torch.backends.mkldnn.enabled = torch.backends.nnpack.enabled = not {portable}
+torch.backends.mkldnn.enabled = not {portable}
+torch.backends.nnpack.set_flags({nnpack})
 x = torch.randn(64, 64); w = torch.randn(64, 64, requires_grad=True)
 n, end = 0, time.perf_counter() + {seconds}
 while time.perf_counter() < end:
@@ -46,7 +47,8 @@ def busy_neighbour():
 def loop_rate(threads: int, seconds: float) -> float:
     cfg = dataclasses.replace(config_from_params(), threads=threads)
     env = {**os.environ, **cfg.environment()}
-    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds, portable=cfg.portable_kernels)],
+    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds, portable=cfg.portable_kernels,
+                                                                 nnpack=cfg.nnpack)],
                          check=True, capture_output=True, text=True, env=env).stdout
     return float(out.strip().splitlines()[-1])
 
