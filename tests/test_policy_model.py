@@ -68,6 +68,20 @@ def test_generate_without_cfg_equals_stock_call(policy, tiny_dir):
     torch.testing.assert_close(ours, stock, rtol=0, atol=1e-6)
 
 
+def test_a_seed_per_image_equals_stock_call_with_a_generator_per_image(policy, tiny_dir):
+    """Each image's generator is consumed as the stock pipeline consumes it: the posterior sample of
+    the image encoding the adapter skips at strength 1 included (evaluation seeds every image)."""
+    pipe = FluxFillPipeline.from_pretrained(str(tiny_dir))
+    images, masks = _inputs(2)
+    prompts = ["a red circle", ""]
+    ours = generate(policy, images, masks, prompts, cfg=InferenceConfig(true_cfg=1.0, num_inference_steps=3),
+                    seeds=[7, 8])
+    stock = pipe(prompt=prompts, image=images, mask_image=masks, height=H, width=W, num_inference_steps=3,
+                 guidance_scale=1.0, generator=[torch.Generator().manual_seed(s) for s in (7, 8)], output_type="pt",
+                 max_sequence_length=policy.max_sequence_length).images
+    torch.testing.assert_close(ours, stock, rtol=0, atol=1e-6)
+
+
 def test_true_cfg_equals_two_stock_calls_combined(policy, tiny_dir):
     """pred = neg + 4 (pos - neg) per step == one stock step with the prompt and one with "nsfw"
     from the same latents, combined the same way (the Euler update is affine in the velocity)."""

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import FluxFillPipeline
 from diffusers.pipelines.flux.pipeline_flux_fill import calculate_shift, retrieve_timesteps
+from diffusers.utils.torch_utils import randn_tensor
 
 from onereward.config import Profile
 
@@ -213,15 +214,30 @@ class FillPolicy:
         init = self._preprocess(images)
         batch, (height, width) = init.shape[0], init.shape[-2:]
         sigma_one = torch.full((batch,), 1000.0, device=self.device)  # strength 1: start from pure noise
+        start = init
+        if noise is None and float(self._unstepped.sigmas[0]) == 1.0:
+            # At sigma 1 prepare_latents takes noise + 0 * the image's latents: the VAE encoding is
+            # wasted work (a third of a 64 px candidate's VAE time). Its posterior sample's draws are
+            # taken from ``generator`` all the same and zero latents passed: the same bits, the same stream.
+            self._draw_posterior_sample(batch, height, width, generator)
+            latent_side = lambda side: 2 * (int(side) // (self.pipe.vae_scale_factor * 2))  # noqa: E731
+            start = torch.zeros(batch, self.vae.config.latent_channels, latent_side(height), latent_side(width))
         stepped, self.pipe.scheduler = self.pipe.scheduler, self._unstepped
         try:
             latents, _ = self.pipe.prepare_latents(
-                init, sigma_one, batch, self.vae.config.latent_channels, height, width,
+                start, sigma_one, batch, self.vae.config.latent_channels, height, width,
                 embeds.dtype, self.device, generator, noise,
             )
         finally:
             self.pipe.scheduler = stepped
         return self._mask_condition(init, masks, embeds, pooled, text_ids, generator), latents
+
+    def _draw_posterior_sample(self, batch: int, height: int, width: int, generator) -> None:
+        """Consume ``generator`` as ``pipe._encode_vae_image`` would (its posterior sample: one
+        draw for the batch, or one per image with a list of generators), without encoding."""
+        shape = (self.vae.config.latent_channels, height // self.pipe.vae_scale_factor, width // self.pipe.vae_scale_factor)
+        for g, rows in ([(g, 1) for g in generator] if isinstance(generator, list) else [(generator, batch)]):
+            randn_tensor((rows, *shape), generator=g, device=self.vae.device, dtype=self.vae.dtype)
 
     def timesteps(self, num_steps: int, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(timesteps [N], sigmas [N+1]) exactly as FluxFillPipeline schedules them for this size."""
