@@ -165,6 +165,36 @@ def test_ddp_two_cpu_processes(world, tmp_path):
     assert summary["weights_in_sync"], "DDP replicas diverged"
 
 
+RUNNER_PROCESSES = """
+import json, sys
+from pathlib import Path
+from onereward.config import Profile, from_dict
+from onereward.launch import data_parallel
+from onereward.rl.config import TrainPolicyConfig
+from onereward.rl.trainer import Paths, train
+
+def run(spec_file):
+    spec = json.loads(Path(spec_file).read_text())
+    train(from_dict(TrainPolicyConfig, spec["cfg"]), Profile(**spec["profile"]),
+          Paths(**{k: Path(v) for k, v in spec["paths"].items()}))
+
+if __name__ == "__main__":  # as stages/train_policy.py starts itself
+    data_parallel(run, json.loads(Path(sys.argv[1]).read_text())["cfg"]["processes"], sys.argv[1])
+"""
+
+
+def test_processes_from_params_start_a_ddp_run_without_a_launcher(world, tmp_path):
+    cfg, profile = world
+    cfg = dataclasses.replace(cfg, steps=3, checkpoint_every=2, val_every=100, processes=2)
+    spec = _spec_file(tmp_path, cfg, profile)
+    (tmp_path / "runner.py").write_text(RUNNER_PROCESSES)
+    out = subprocess.run([sys.executable, str(tmp_path / "runner.py"), str(spec)], cwd=tmp_path, env=_env(),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads((tmp_path / "out" / "train_policy.json").read_text())
+    assert summary["world_size"] == 2
+    assert summary["weights_in_sync"], "DDP replicas diverged"
+
 def test_reward_hacking_is_flagged_when_reward_rises_and_the_rater_falls():
     from onereward.rl.validation import hacking_signs
 

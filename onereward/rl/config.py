@@ -89,6 +89,9 @@ class TrainPolicyConfig:
     """How several processes (``accelerate launch``) share the work: 'ddp', every process a
     whole replica; 'fsdp', full fine-tuning with the transformer, its optimiser state, the EMA
     and the reference sharded over the processes (FSDP2, ``onereward.rl.sharding``)."""
+    processes: int = 1
+    """Processes on this machine when no launcher started the stage (``accelerate launch`` decides
+    itself, ``onereward.launch``): each draws its own ``batch_size`` conditions, as under a launcher."""
     ema_device: str = "accelerator"
     """Where the EMA and (full fine-tuning) the frozen reference live: 'accelerator' or 'cpu'
     (off the accelerator; each use copies them over for the call, each step's EMA update copies
@@ -117,6 +120,8 @@ class TrainPolicyConfig:
     """Cap on train conditions held in memory (0: all)."""
 
     def __post_init__(self):
+        if self.processes < 1:
+            raise ValueError(f"train_policy.processes must be at least 1, got {self.processes}")
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"train_policy.algorithm must be one of {ALGORITHMS}, got {self.algorithm!r}")
         if self.finetune not in ("full", "lora"):
