@@ -20,7 +20,9 @@ the first ``import torch``.
   over input channels by the L1 cache, but only beyond 72 channels with any L1 of 16 KB or more
   per thread (``input_channels_block_max`` in NNPACK's convolution-output.c); the tiny VAE has
   at most 64, so its bits do not depend on the cache. ``nnpack`` keeps it on: off, sampling is
-  2.7x slower (BENCHMARKS.md). ``torch.backends.nnpack`` has no ``enabled`` property to assign;
+  2.6x slower (BENCHMARKS.md). NNPACK initialises only where the CPU reports its L1-L3 caches;
+  elsewhere torch convolves without it, with other bits (``python -m onereward.bench bits`` says
+  which). ``torch.backends.nnpack`` has no ``enabled`` property to assign;
   only ``set_flags`` reaches the switch.
 - OpenBLAS (numpy's, inside scikit-image): ``OPENBLAS_CORETYPE`` fixes its kernel family.
 - MKL's vector math (VML): torch's float32 ``sqrt`` on CPU is MKL's ``vsSqrt``, within one unit
@@ -73,7 +75,7 @@ class NumericsConfig:
     45% on the tiny generator's sampling (BENCHMARKS.md); false: faster, machine-bound bits."""
     nnpack: bool = True
     """NNPACK's Winograd convolutions on (module docstring: their bits do not depend on the cache
-    for up to 72 input channels); false: torch's im2col + GEMM for every convolution, 2.7x slower
+    for up to 72 input channels); false: torch's im2col + GEMM for every convolution, 2.6x slower
     sampling on the tiny generator and other bits."""
 
     def __post_init__(self):

@@ -43,6 +43,9 @@ def machine() -> dict:
         "model": fields.get("model name", ""),
         "extensions": sorted(flags & {"avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "avx_vnni"}),
         "torch_capability": torch.backends.cpu.get_cpu_capability(),
+        # NNPACK initialises only where the CPU reports its L1-L3 caches; without it torch convolves
+        # every batch with im2col + GEMM, other bits than numerics.nnpack's
+        "nnpack_available": torch.backends.nnpack.is_available(),
     }
 
 
