@@ -21,6 +21,7 @@ from torch.profiler import profile
 x, w = torch.rand(16, 8, 16, 16), torch.rand(8, 8, 3, 3)  # NNPACK's case: 3x3, a batch of 16 or more
 with profile() as prof:
     torch.nn.functional.conv2d(x, w, padding=1)
+print(torch.backends.nnpack.is_available())
 print(sorted(e.key for e in prof.key_averages() if "conv" in e.key))
 """
 
@@ -39,7 +40,9 @@ def test_a_stage_process_ignores_the_machines_thread_and_isa_settings():
 def test_the_nnpack_switch_decides_which_kernel_convolves(nnpack):
     out = subprocess.run([sys.executable, "-c", CONVOLVE.format(nnpack=nnpack)], cwd=REPO, capture_output=True,
                          text=True, check=True)
-    kernels = out.stdout.strip().splitlines()[-1]
+    available, kernels = out.stdout.strip().splitlines()[-2:]
+    if nnpack and available != "True":
+        pytest.skip("NNPACK did not initialise on this CPU (it needs the CPU to report its cache sizes)")
     assert ("aten::_nnpack_spatial_convolution" in kernels) == nnpack
     assert ("aten::_slow_conv2d_forward" in kernels) == (not nnpack)  # torch's im2col + MKL GEMM
 
