@@ -19,10 +19,10 @@ from contextlib import contextmanager
 from onereward.numerics import config_from_params
 
 LOOP = """
-import time, torch
-torch.set_num_threads({threads})
-torch.backends.mkldnn.enabled = not {portable}
-torch.backends.nnpack.set_flags({nnpack})
+import time
+from onereward.numerics import NumericsConfig, pin
+pin(NumericsConfig(**{numerics!r}))  # the stages' own pinning, with this run's thread count
+import torch
 x = torch.randn(64, 64); w = torch.randn(64, 64, requires_grad=True)
 n, end = 0, time.perf_counter() + {seconds}
 while time.perf_counter() < end:
@@ -47,8 +47,7 @@ def busy_neighbour():
 def loop_rate(threads: int, seconds: float) -> float:
     cfg = dataclasses.replace(config_from_params(), threads=threads)
     env = {**os.environ, **cfg.environment()}
-    out = subprocess.run([sys.executable, "-c", LOOP.format(threads=threads, seconds=seconds, portable=cfg.portable_kernels,
-                                                                 nnpack=cfg.nnpack)],
+    out = subprocess.run([sys.executable, "-c", LOOP.format(numerics=dataclasses.asdict(cfg), seconds=seconds)],
                          check=True, capture_output=True, text=True, env=env).stdout
     return float(out.strip().splitlines()[-1])
 
