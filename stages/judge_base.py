@@ -21,7 +21,7 @@ class JudgeBaseConfig:
     """params.yaml `judge_base`."""
 
     resolution: int = 448
-    """Side a square image is resized to (a multiple of 28)."""
+    """Side a square image is resized to (a multiple of 2 x the patch size: 28 for Qwen2.5-VL)."""
     min_pixels: int = 0
     """Fewest pixels of an image as the judge sees it, aspect ratio kept (0: ``resolution**2``)."""
     max_pixels: int = 0
@@ -36,11 +36,12 @@ class JudgeBaseConfig:
 
 def main() -> None:
     cfg, profile = judge_section(JudgeBaseConfig, "judge_base")
-    if cfg.resolution % 28:
-        raise SystemExit(f"judge_base.resolution must be a multiple of 28, got {cfg.resolution}")
+    factor = 2 * (cfg.tiny.patch_size if profile.is_tiny else 14)  # a merged 2x2 of patches
+    if cfg.resolution % factor:
+        raise SystemExit(f"judge_base.resolution must be a multiple of {factor}, got {cfg.resolution}")
     low, high = cfg.meta().pixels()
-    if not 28 * 28 <= low <= high:
-        raise SystemExit(f"judge_base: need 784 <= min_pixels <= max_pixels, got {low} and {high}")
+    if not factor * factor <= low <= high:
+        raise SystemExit(f"judge_base: need {factor * factor} <= min_pixels <= max_pixels, got {low} and {high}")
     with atomic_path(OUT) as tmp:
         tmp.mkdir()
         if profile.is_tiny:

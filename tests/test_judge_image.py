@@ -20,30 +20,34 @@ PHOTOS = {
 }
 
 
-def judge_resolutions() -> list[int]:
-    """The judge resolution of every profile in params.yaml (tiny: small, real: 448)."""
+def judge_inputs() -> list[tuple[int, int]]:
+    """(resolution, patch size) of the judge of every profile in params.yaml (tiny: 64 px in 8 px
+    patches; real: 448 in Qwen2.5-VL's 14)."""
     params = load_params()
-    return sorted({int(merged_section("judge_base", p, params)["resolution"]) for p in params["profiles"]})
+    found = set()
+    for p in params["profiles"]:
+        section = merged_section("judge_base", p, params)
+        patch = section["tiny"].get("patch_size", 14) if p == "tiny" else 14
+        found.add((int(section["resolution"]), int(patch)))
+    return sorted(found)
 
 
-RESOLUTIONS = judge_resolutions()
-
-
-def stock(images, resolution: int) -> dict:
+def stock(images, resolution: int, patch_size: int = 14) -> dict:
     """The stock processor with a pixel budget that maps a square image to resolution^2."""
-    proc = Qwen2VLImageProcessorPil(size={"shortest_edge": resolution**2, "longest_edge": (resolution + 14) ** 2})
+    proc = Qwen2VLImageProcessorPil(patch_size=patch_size,
+                                    size={"shortest_edge": resolution**2, "longest_edge": (resolution + patch_size) ** 2})
     return proc(images=images, return_tensors="pt"), VisionSpec.from_processor(proc)
 
 
 @pytest.mark.parametrize("name", sorted(PHOTOS))
 @pytest.mark.parametrize("square", [True, False], ids=["square", "native-aspect"])
-@pytest.mark.parametrize("resolution", RESOLUTIONS)
-def test_matches_stock_processor_and_has_pixel_gradients(name, square, resolution):
+@pytest.mark.parametrize("resolution,patch_size", judge_inputs())
+def test_matches_stock_processor_and_has_pixel_gradients(name, square, resolution, patch_size):
     photo = np.ascontiguousarray(PHOTOS[name]())
     if square:  # the judge's setting: every image becomes resolution x resolution
         side = min(photo.shape[:2])
         photo = photo[:side, :side]
-    ref, spec = stock([Image.fromarray(photo)], resolution)
+    ref, spec = stock([Image.fromarray(photo)], resolution, patch_size)
     grid = ref["image_grid_thw"][0]
     size = (int(grid[1]) * spec.patch_size, int(grid[2]) * spec.patch_size)
     if square:
@@ -61,11 +65,11 @@ def test_matches_stock_processor_and_has_pixel_gradients(name, square, resolutio
     assert x.grad.abs().sum() > 0
 
 
-@pytest.mark.parametrize("resolution", RESOLUTIONS)
-def test_batch_in_order(resolution):
+@pytest.mark.parametrize("resolution,patch_size", judge_inputs())
+def test_batch_in_order(resolution, patch_size):
     """A batch preprocesses image by image in order, like the processor given a list."""
     photos = [np.ascontiguousarray(PHOTOS[n]()[:300, :300]) for n in ("chelsea", "coffee")]
-    ref, spec = stock([Image.fromarray(p) for p in photos], resolution)
+    ref, spec = stock([Image.fromarray(p) for p in photos], resolution, patch_size)
     pixel_values, grid = preprocess(torch.stack([to_tensor(p) for p in photos]), (resolution, resolution), spec)
     assert torch.equal(grid, ref["image_grid_thw"])
     assert (pixel_values - ref["pixel_values"]).abs().max().item() <= 1e-4

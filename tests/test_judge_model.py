@@ -106,15 +106,12 @@ def test_initializer_range_sets_every_weight_of_both_towers_and_is_saved(tmp_pat
     assert config.text_config.initializer_range == config.vision_config.initializer_range == std
 
 
-def test_p_yes_is_softmax_over_yes_and_no(judge, base):
-    """Recompute with the stock image processor and a plain forward: softmax over {Yes, No}."""
-    a, b = images(1, 0), images(1, 1)
-    query = QUERIES[0]
-    p = judge.p_yes(a, b, [query])
-
+def stock_logits(judge: Judge, base: Path, a: torch.Tensor, b: torch.Tensor, query: str, res: int) -> torch.Tensor:
+    """Next-token logits of a plain forward on the stock image processor's input (images ``res`` px)."""
     proc = Qwen2VLImageProcessorPil.from_pretrained(base)
     pil = [Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for x in (a, b)]
-    vision = proc(images=pil, size={"shortest_edge": RES * RES, "longest_edge": (RES + 14) ** 2}, return_tensors="pt")
+    vision = proc(images=pil, size={"shortest_edge": res * res, "longest_edge": (res + proc.patch_size) ** 2},
+                  return_tensors="pt")
     ids = torch.tensor([judge.query_ids(query)])
     out = judge.model(
         input_ids=ids,
@@ -123,12 +120,39 @@ def test_p_yes_is_softmax_over_yes_and_no(judge, base):
         pixel_values=vision["pixel_values"],
         image_grid_thw=vision["image_grid_thw"],
     )
-    logits = out.logits[0, -1]
+    return out.logits[0, -1]
+
+
+def test_p_yes_is_softmax_over_yes_and_no(judge, base):
+    """Recompute with the stock image processor and a plain forward: softmax over {Yes, No}."""
+    a, b = images(1, 0), images(1, 1)
+    query = QUERIES[0]
+    p = judge.p_yes(a, b, [query])
+
+    logits = stock_logits(judge, base, a, b, query, RES)
     two = torch.softmax(logits[[judge.yes_id, judge.no_id]], dim=0)
     assert torch.allclose(p, two[:1], atol=1e-5)
     full = torch.softmax(logits, dim=0)[judge.yes_id]
     assert not torch.allclose(p, full.reshape(1), atol=1e-3)  # not the whole-vocabulary softmax
     assert 0.0 < p.item() < 1.0
+
+
+def test_a_patch_8_judge_sees_64_px_images_at_their_own_pixels(tmp_path):
+    """The tiny default: 8 px patches, so a 64 px image becomes 8x8 patches (4x4 merged tokens)
+    with no resampling, and the stock processor loaded from the checkpoint agrees."""
+    save_tiny_judge(TinyJudgeConfig(seed=0, patch_size=8), tmp_path)
+    JudgeMeta(resolution=64).write(tmp_path)
+    native = Judge.load(tmp_path)
+    a, b = images(1, 0), images(1, 1)
+    a = torch.round(a * 255) / 255  # on the uint8 grid: the judge's input is then the image itself
+    grid = native.encode_images(a, b)["image_grid_thw"]
+    assert grid.tolist() == [[1, 8, 8], [1, 8, 8]]
+    assert native.tokens(64, 64) == 16
+    values = native.encode_images(a, b)["pixel_values"]
+    assert values.shape == (2 * 64, 3 * 2 * 8 * 8)
+    p = native.p_yes(a, b, [QUERIES[2]])
+    logits = stock_logits(native, tmp_path, a, b, QUERIES[2], 64)
+    assert torch.allclose(p, torch.softmax(logits[[native.yes_id, native.no_id]], dim=0)[:1], atol=1e-5)
 
 
 def test_batched_scores_equal_one_by_one(judge):

@@ -172,16 +172,23 @@ def train_and_record(base: str, out: str) -> None:
     judge = Judge.load(base)
     cfg = TrainJudgeConfig(finetune="full", lr=1e-3, batch_size=8, steps=6, warmup_steps=1, eval_every=3,
                            checkpoint_every=100)
-    history = train(judge, cfg, inputs_fn, rows_for(DATA["train"], "train"), rows_for(DATA["val"], "val"))
+    from accelerate import Accelerator
+
+    val_rows = rows_for(DATA["val"], "val")
+    history = train(judge, cfg, inputs_fn, rows_for(DATA["train"], "train"), val_rows)
+    shared = score_rows(judge, inputs_fn("val", False, 0), val_rows, 4, acc=Accelerator(cpu=True))  # a batch each
     if PartialState().is_main_process:
+        alone = score_rows(judge, inputs_fn("val", False, 0), val_rows, 4)
         Path(out).mkdir(parents=True, exist_ok=True)
         (Path(out) / "history.json").write_text(json.dumps(history))
+        (Path(out) / "val.json").write_text(json.dumps({"shared": shared, "alone": alone}))
         save_file({n: p.detach().contiguous() for n, p in judge.model.named_parameters()}, str(Path(out) / "w.safetensors"))
 
 
 def test_two_processes_train_the_judge_as_one_does(base, tmp_path):
     """Two data-parallel CPU processes (each half of every batch's pairs, DDP) follow one process's
-    loss curve (relative 1e-5) and weights (3e-4, under a third of one step at lr 1e-3) up to float summation order."""
+    loss curve (relative 1e-5) and weights (3e-4, under a third of one step at lr 1e-3) up to float summation order;
+    validation is shared out by batch and gives what one process alone scores, bit for bit."""
     import subprocess
     import sys
     from safetensors.torch import load_file
@@ -203,6 +210,9 @@ def test_two_processes_train_the_judge_as_one_does(base, tmp_path):
     # ~2e-4 after 6 steps of lr 1e-3 (seen with the patch embedding as a matrix product); gradients
     # not averaged over the processes would differ by whole steps (~1e-3 a step)
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 3e-4
+    val = json.loads((tmp_path / "p2" / "val.json").read_text())
+    assert None not in val["shared"] and len(val["shared"]) > 4  # more than one batch, so both processes scored
+    assert val["shared"] == val["alone"]
 
 
 def test_a_bf16_judge_trains_fp32_masters_so_small_steps_are_not_lost(base, tmp_path):

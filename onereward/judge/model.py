@@ -41,7 +41,7 @@ class JudgeMeta:
     """Contents of ``judge.json`` next to (or instead of) a checkpoint."""
 
     resolution: int = DEFAULT_RESOLUTION
-    """Side a square image is resized to (a multiple of 28); ``resolution**2`` is the default
+    """Side a square image is resized to (a multiple of 2 x the patch size); ``resolution**2`` is the default
     pixel budget."""
     base: str | None = None
     """Model to load the weights from when this directory holds only a pointer or an adapter."""

@@ -106,6 +106,9 @@ class TinyJudgeConfig:
     """Attention heads of the vision transformer."""
     vision_intermediate_size: int = 128
     """MLP width of the vision transformer."""
+    patch_size: int = 14
+    """Side of one vision patch in pixels (Qwen2.5-VL: 14). Patches are merged 2x2, so images are
+    seen in multiples of ``2 * patch_size``: 8 lets a 64 px image in at its own pixels."""
     initializer_range: float = 0.02
     """Standard deviation of the normal init of every linear and embedding weight (Qwen's 0.02)."""
 
@@ -197,7 +200,8 @@ def build_config(cfg: TinyJudgeConfig, tokenizer) -> Qwen2_5_VLConfig:
             num_heads=cfg.vision_heads,
             out_hidden_size=cfg.hidden_size,
             fullatt_block_indexes=[cfg.vision_depth - 1],
-            window_size=112,
+            patch_size=cfg.patch_size,
+            window_size=8 * cfg.patch_size,  # windows of 4x4 merged tokens, as Qwen's 112 px at 14
             initializer_range=cfg.initializer_range,
         ),
         image_token_id=ids["<|image_pad|>"],
@@ -214,7 +218,7 @@ def build_tiny_judge(cfg: TinyJudgeConfig):
     config = build_config(cfg, tokenizer)
     torch.manual_seed(cfg.seed)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
-    return model, tokenizer, Qwen2VLImageProcessorPil()
+    return model, tokenizer, Qwen2VLImageProcessorPil(patch_size=cfg.patch_size)
 
 
 def save_tiny_judge(cfg: TinyJudgeConfig, path: str | Path) -> None:

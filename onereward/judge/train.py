@@ -182,20 +182,31 @@ def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, j
 
 @torch.no_grad()
 def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_size: int,
-               desc: str = "score") -> list[float | None]:
+               desc: str = "score", acc=None) -> list[float | None]:
     """P(Yes) for every row (aligned with ``rows``), reading each input's images once; None for
-    the rows of an input the reader skipped (it could not decode it, see ``reader.SKIPPED``)."""
+    the rows of an input the reader skipped (it could not decode it, see ``reader.SKIPPED``).
+
+    ``acc``: an ``accelerate.Accelerator`` of several processes, which then score every
+    ``num_processes``-th batch each and exchange the results: the same batches as one process
+    scores, so the same numbers, in a share of the time."""
+    world, rank = (acc.num_processes, acc.process_index) if acc is not None else (1, 0)
     index = {(r["key"], r["dimension"], r["order"]): i for i, r in enumerate(rows)}
     out: list[float | None] = [None] * len(rows)
     was_training = judge.model.training
     judge.model.eval()
-    with tqdm(total=len(rows), desc=desc, unit="row", leave=False) as bar:
-        for batch in batched(examples(inputs, rows, judge.input_size), batch_size):
-            first, second, queries, _ = stack(batch)
-            for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
-                out[index[(e.key, e.dimension, e.order)]] = p
+    with tqdm(total=len(rows), desc=desc, unit="row", leave=False, disable=rank > 0) as bar:
+        for n, batch in enumerate(batched(examples(inputs, rows, judge.input_size), batch_size)):
+            if n % world == rank:
+                first, second, queries, _ = stack(batch)
+                for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
+                    out[index[(e.key, e.dimension, e.order)]] = p
             bar.update(len(batch))
     judge.model.train(was_training)
+    if world > 1:
+        from accelerate.utils import gather_object
+
+        for i, p in gather_object([(i, p) for i, p in enumerate(out) if p is not None]):
+            out[i] = p
     missing = [rows[i]["key"] for i, p in enumerate(out) if p is None and rows[i]["key"] not in SKIPPED]
     if missing:
         raise ValueError(f"{len(missing)} query rows have no images in the shards, e.g. {missing[:3]}")
@@ -325,7 +336,7 @@ def train(
             losses = []
             if val_rows:
                 with amp():
-                    p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val")
+                    p = score_rows(judge, inputs_fn("val", False, 0), val_rows, cfg.eval_batch_size, desc="val", acc=acc)
                 s = summarize(pair_results(val_rows, p))
                 metrics.update({"val_accuracy": s["pair_accuracy"], "val_mean_accuracy": s["mean_accuracy"]})
                 for task, dims in s["cells"].items():
