@@ -464,7 +464,7 @@ def test_judge_scoring_leaves_out_skipped_inputs_and_still_refuses_missing_ones(
         def input_size(self, height, width):  # candidates are resized to it once
             return 16, 16
 
-        def p_yes(self, first, second, queries):
+        def score(self, first, second, queries, batch_size=16):
             return torch.full((len(queries),), 0.9)
 
     monkeypatch.setattr(reader.SKIPPED, "why", {})  # score_rows consults this process's skips

@@ -366,10 +366,14 @@ class Judge(torch.nn.Module):
 
     @torch.no_grad()
     def score(self, first, second, queries: list[str], batch_size: int = 16) -> torch.Tensor:
-        """Batched P(Yes) without gradient; images as tensors ``[N, 3, H, W]`` or lists of PIL images."""
+        """Batched P(Yes) without gradient; images as tensors ``[N, 3, H, W]`` or lists of PIL images.
+        Each distinct image of a batch goes through the vision tower once: scoring compares a few
+        images in many queries (an output against every candidate, on every dimension, both orders)."""
         first, second = _as_batch(first), _as_batch(second)
+        runner = DistinctImagesForward(self.model)
         out = [
-            self.p_yes(first[i : i + batch_size], second[i : i + batch_size], queries[i : i + batch_size]).cpu()
+            torch.sigmoid(self.margin(first[i : i + batch_size], second[i : i + batch_size], queries[i : i + batch_size],
+                                      model=runner)).cpu()
             for i in range(0, len(queries), batch_size)
         ]
         return torch.cat(out) if out else torch.zeros(0)

@@ -198,7 +198,7 @@ def score_rows(judge: Judge, inputs: Iterable[dict], rows: list[dict], batch_siz
         for n, batch in enumerate(batched(examples(inputs, rows, judge.input_size), batch_size)):
             if n % world == rank:
                 first, second, queries, _ = stack(batch)
-                for e, p in zip(batch, judge.p_yes(first, second, queries).cpu().tolist()):
+                for e, p in zip(batch, judge.score(first, second, queries, batch_size=len(batch)).tolist()):
                     out[index[(e.key, e.dimension, e.order)]] = p
             bar.update(len(batch))
     judge.model.train(was_training)
