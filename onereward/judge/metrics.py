@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from onereward.eval.stats import wilson
 from onereward.markdown import dimension_table_header
 from onereward.tasks import TASKS
 
@@ -63,6 +64,7 @@ def summarize(pairs: list[dict]) -> dict:
                 "accuracy_single_order": round((pct(items, "correct_wl") + pct(items, "correct_lw")) / 2, 2),
                 "order_consistency": pct(items, "consistent"),
                 "pairs": len(items),
+                "interval": [round(100.0 * x, 2) for x in wilson(sum(bool(i["correct"]) for i in items), len(items))],
             }
             for dim, items in sorted(dims.items())
         }
@@ -119,5 +121,21 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
             ours = summary["cells"].get(name, {}).get(c)
             cells.append(f"{ours['order_consistency']:.2f} (n={ours['pairs']})" if ours else "-")
         lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
-    lines += ["", f"Overall order consistency: {summary['order_consistency']:.2f}.", ""]
+    lines += [
+        "",
+        f"Overall order consistency: {summary['order_consistency']:.2f}.",
+        "",
+        "## 95% interval of each cell's accuracy (Wilson, %)",
+        "",
+        "A cell of a few pairs says little: 5 of 10 right is anywhere from about 24 to 76.",
+        "",
+        *dimension_table_header(["task"], cols),
+    ]
+    for name, task in TASKS.items():
+        cells = []
+        for c in cols:
+            ours = summary["cells"].get(name, {}).get(c)
+            cells.append(f"{ours['interval'][0]:.1f}-{ours['interval'][1]:.1f}" if ours and "interval" in ours else "-")
+        lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
+    lines.append("")
     return "\n".join(lines)
