@@ -115,12 +115,7 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
         "",
         *dimension_table_header(["task"], cols),
     ]
-    for name, task in TASKS.items():
-        cells = []
-        for c in cols:
-            ours = summary["cells"].get(name, {}).get(c)
-            cells.append(f"{ours['order_consistency']:.2f} (n={ours['pairs']})" if ours else "-")
-        lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
+    lines += _cell_rows(summary, cols, lambda cell: f"{cell['order_consistency']:.2f} (n={cell['pairs']})")
     lines += [
         "",
         f"Overall order consistency: {summary['order_consistency']:.2f}.",
@@ -131,11 +126,15 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
         "",
         *dimension_table_header(["task"], cols),
     ]
-    for name, task in TASKS.items():
-        cells = []
-        for c in cols:
-            ours = summary["cells"].get(name, {}).get(c)
-            cells.append(f"{ours['interval'][0]:.1f}-{ours['interval'][1]:.1f}" if ours and "interval" in ours else "-")
-        lines.append(f"| {task.title} | " + " | ".join(cells) + " |")
+    lines += _cell_rows(summary, cols, lambda cell: f"{cell['interval'][0]:.1f}-{cell['interval'][1]:.1f}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _cell_rows(summary: dict, cols: tuple[str, ...], show) -> list[str]:
+    """A markdown row per task: ``show(cell)`` for each judged cell, '-' elsewhere."""
+    rows = []
+    for name, task in TASKS.items():
+        cells = [summary["cells"].get(name, {}).get(c) for c in cols]
+        rows.append(f"| {task.title} | " + " | ".join(show(cell) if cell else "-" for cell in cells) + " |")
+    return rows
