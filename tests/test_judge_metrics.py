@@ -25,3 +25,11 @@ def test_each_cell_carries_its_wilson_interval_and_the_table_prints_it():
     table = table1_markdown(summary)
     assert "95% interval" in table
     assert "| image extend | 23.7-76.3 | - | - | - | - |" in table
+
+
+def test_a_summary_without_intervals_still_makes_the_table():
+    """judge_accuracy.json files written before cells carried an interval."""
+    cell = {"accuracy": 60.0, "accuracy_single_order": 60.0, "order_consistency": 90.0, "pairs": 5}
+    summary = {"cells": {"fill": {"consistency": cell}}, "mean_accuracy": 60.0, "min_cell_accuracy": 60.0,
+               "pair_accuracy": 60.0, "order_consistency": 90.0, "pairs": 5}
+    assert "| image fill | - | - | - | - | - |" in table1_markdown(summary).split("95% interval")[1]

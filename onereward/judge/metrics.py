@@ -126,7 +126,9 @@ def table1_markdown(summary: dict, title: str = "Table 1: reward-model accuracy 
         "",
         *dimension_table_header(["task"], cols),
     ]
-    lines += _cell_rows(summary, cols, lambda cell: f"{cell['interval'][0]:.1f}-{cell['interval'][1]:.1f}")
+    # summaries written before cells carried an interval show '-' there
+    lines += _cell_rows(summary, cols,
+                        lambda cell: f"{cell['interval'][0]:.1f}-{cell['interval'][1]:.1f}" if "interval" in cell else "-")
     lines.append("")
     return "\n".join(lines)
 
