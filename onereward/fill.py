@@ -143,7 +143,7 @@ def load_policy(model: str, transformer: str | None = None, lora: str | None = N
 
     ``max_sequence_length``: T5 tokens per prompt. FLUX attends to the padding tokens too, so
     the length changes the image: the command passes the pipeline's own 512; None keeps
-    FillPolicy's default (the tokenizer's length: 512 for FLUX.1-Fill-dev, 48 for the tiny
+    FillPolicy's default (the tokenizer's length: 512 for FLUX.1-Fill-dev, 12 for the tiny
     model, the length it was trained and evaluated with).
     """
     import torch

@@ -16,7 +16,7 @@ from onereward import cli
 from onereward.fill import FillInputError, fill, load_policy, prepare_inputs, resolve_prompt
 from onereward.policy.adapter import FillPolicy
 from onereward.policy.inference import InferenceConfig, generate
-from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+from onereward.policy.tiny import T5_MAX_LENGTH, build_tiny_pipeline, save_pipeline
 
 H, W = 40, 56  # not multiples of 16: the padding path is the one exercised
 
@@ -274,10 +274,10 @@ def test_fill_command_gives_the_stock_image_at_true_cfg_1(capsys, square_files, 
         guidance_scale=1.0, generator=torch.Generator("cpu").manual_seed(0)).images[0])
     ours = _fill_cmd(capsys, square_files, model_dir, tmp_path / "cfg1.png", "--true-cfg", 1)
     assert np.array_equal(ours, stock), f"max {np.abs(ours - stock).max()}/255"
-    # The cause of the old discrepancy: prompts encoded to the tiny tokenizer's 48 T5 tokens
+    # The cause of the old discrepancy: prompts encoded to the tiny tokenizer's T5 length
     # instead of the pipeline's 512 (FLUX attends to the padding tokens too).
     short = _fill_cmd(capsys, square_files, model_dir, tmp_path / "short.png", "--true-cfg", 1,
-                      "--max-sequence-length", 48)
+                      "--max-sequence-length", T5_MAX_LENGTH)
     assert np.abs(short - stock).max() > 1
 
 

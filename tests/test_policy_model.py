@@ -8,7 +8,7 @@ from diffusers import FluxFillPipeline, FluxTransformer2DModel
 
 from onereward.policy.adapter import FillPolicy
 from onereward.policy.inference import InferenceConfig, generate, task_prompts
-from onereward.policy.tiny import build_tiny_pipeline, save_pipeline
+from onereward.policy.tiny import T5_MAX_LENGTH, build_tiny_pipeline, save_pipeline, t5_tokenizer
 
 H, W = 64, 48  # non-square on purpose: catches height/width mix-ups in packing
 
@@ -31,6 +31,33 @@ def _inputs(batch: int = 1, seed: int = 0):
     masks = torch.zeros(batch, 1, H, W)
     masks[..., 16:40, 8:32] = 1
     return images, masks
+
+
+def _embedded_prompts() -> set[str]:
+    """Every prompt the embedded default gives the generator: content, task presets, negatives."""
+    from onereward.config import load_params
+    from onereward.data.scenes import COLORS, SHAPES, WORDS, Content
+    from onereward.tasks import TASKS
+
+    params = load_params()
+    prompts = {Content("object", color=c, shape=s).prompt() for c in COLORS for s in SHAPES}
+    prompts |= {Content("text", word=w).prompt() for w in WORDS}
+    prompts |= {t.fixed_prompt for t in TASKS.values() if t.fixed_prompt}
+    prompts |= set(params["synthesize"]["sampling"]["negative_prompts"])
+    prompts |= {params["train_policy"]["negative_prompt"], params["evaluate"]["negative_prompt"]}
+    return prompts
+
+
+def test_every_embedded_prompt_fits_the_tiny_t5_length_in_words():
+    tok = t5_tokenizer()
+    prompts = _embedded_prompts()
+    assert len(prompts) > 30
+    for p in prompts:
+        ids = tok(p).input_ids
+        assert len(ids) <= T5_MAX_LENGTH - 4, (p, tok.convert_ids_to_tokens(ids))  # whole, with room
+        assert len(ids) <= len(p.split()) + 4, (p, tok.convert_ids_to_tokens(ids))  # words, not characters
+    # a word outside the vocabulary still encodes, by characters
+    assert tok.convert_ids_to_tokens(tok("a mauve kite").input_ids)[:3] == ["\u2581a", "\u2581m", "a"]
 
 
 def test_saved_layout_is_flux_fill_dev_like(tiny_dir):
