@@ -86,10 +86,12 @@ def test_two_processes_pretrain_the_base_as_one_does(tmp_path):
         assert abs(one[k] - two[k]) < 1e-4 * max(1.0, abs(one[k])), (k, one[k], two[k])
     w1, w2 = (load_file(str(tmp_path / f"p{n}" / "w.safetensors")) for n in (1, 2))
     # Adam turns a gradient element near zero into a whole lr step whose sign summation order can
-    # flip, so a few elements may differ by up to two steps; all but one in 10,000 agree closely
+    # flip, so some elements may differ by up to two steps. How many depends on the init: 1 in
+    # 10,000 with one seed's weights, 41 with another's; with SGD in place of AdamW none differs
+    # by 1e-5. A wrong share of the batch would move most elements, not a few.
     diff = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1])
     close = (diff < 1e-5).float().mean().item()
-    assert close > 0.9999 and diff.max().item() <= 2 * max(CFG.lr, CFG.vae_lr), (close, diff.max().item())
+    assert close > 0.99 and diff.max().item() <= 2 * max(CFG.lr, CFG.vae_lr), (close, diff.max().item())
     # and the processes did train: the weights moved from the seed's
     fresh = build_tiny_pipeline(seed=0)
     assert (w1["tr.proj_out.weight"] - fresh.transformer.proj_out.weight).abs().max() > 1e-4
