@@ -291,7 +291,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         whole = (whole, {**whole, **ema.whole(tr)})
     else:  # DDP replicas must hold the same weights: compare a checksum across processes.
         checksum = torch.stack([p.detach().double().sum() for p in params]).sum().reshape(1).to(acc.device)
-        sums = _gather_kept(checksum, acc)
+        sums = acc.gather(checksum)
         run, whole = {"world_size": acc.num_processes, "weights_in_sync": bool((sums == sums[0]).all())}, None
     if joins and validator.last is None:  # resumed at the very end: no validation ran here
         with acc.autocast():
@@ -306,25 +306,6 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # finished: nothing left to resume
     acc.end_training()
     return metrics
-
-
-_KEPT: list[torch.Tensor] = []
-
-
-def _gather_kept(t: torch.Tensor, acc) -> torch.Tensor:
-    """``acc.gather(t)`` for the run's last collective, its tensors kept alive for the process's life.
-
-    Gloo's worker thread frees a finished collective's tensors; freeing the last reference to a
-    tensor Python made takes the GIL. The group's destructor, run when the DDP model is freed, holds
-    the GIL while it joins that thread, so a worker still freeing the last collective deadlocks the
-    process at exit (pytorch/pytorch#190489; seen once beside a busy process). Held here, no tensor
-    of that collective is freed on the worker."""
-    if acc.num_processes == 1:
-        return t
-    parts = [torch.empty_like(t) for _ in range(acc.num_processes)]
-    torch.distributed.all_gather(parts, t)
-    _KEPT.extend([t, *parts])
-    return torch.cat(parts)
 
 
 def _write_curve(rows: list[dict], path: Path) -> None:
