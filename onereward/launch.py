@@ -34,7 +34,7 @@ def data_parallel(fn: Callable[..., Any], processes: int, *args) -> Any:
     if processes < 1:
         raise ValueError(f"processes must be at least 1, got {processes}")
     if processes == 1 or launched():
-        return fn(*args)
+        return run_then_settle(fn, *args)
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(
@@ -42,7 +42,37 @@ def data_parallel(fn: Callable[..., Any], processes: int, *args) -> Any:
         rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{_free_port()}", max_restarts=0,
         monitor_interval=0.5, start_method="spawn",
     )
-    return elastic_launch(config, fn)(*args)[0]
+    return elastic_launch(config, run_then_settle)(fn, *args)[0]
+
+
+# Handles of the settling barriers, kept until the process ends (see settle_collectives).
+_SETTLING_BARRIERS: list = []
+
+
+def settle_collectives() -> None:
+    """Wait for every process, leaving the process group safe to destroy; call it before teardown.
+
+    Gloo's worker threads free finished collectives themselves; freeing one that still holds
+    tensors Python created needs the GIL. The process group's destructor joins those threads
+    while holding the GIL, so a teardown soon after a collective can deadlock (a rank stuck in
+    ``~ProcessGroupGloo``, its worker in ``decref_pyobject``; pytorch/pytorch#190489). A barrier
+    queued here waits for the workers with the GIL released, and its handle, held until the
+    process ends, makes this thread, not a worker, free what the barrier refers to.
+    A no-op without a process group of several processes.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        work = dist.barrier(async_op=True)
+        work.wait()
+        _SETTLING_BARRIERS.append(work)
+
+
+def run_then_settle(fn: Callable[..., Any], *args) -> Any:
+    """``fn(*args)``, then :func:`settle_collectives` before the process's group goes away."""
+    result = fn(*args)
+    settle_collectives()
+    return result
 
 
 def mean_over_processes(value, acc) -> float:

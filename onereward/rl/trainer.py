@@ -28,6 +28,7 @@ from tqdm import tqdm
 from onereward.config import Profile
 from onereward.data.reader import SKIPPED
 from onereward.io import atomic_path, canonical_safetensors, dumps_json
+from onereward.launch import settle_collectives
 from onereward.numerics import adamw
 from onereward.policy.adapter import DTYPES, FillPolicy
 from onereward.policy.known import GenerationConfig
@@ -301,7 +302,7 @@ def train(cfg: TrainPolicyConfig, profile: Profile, paths: Paths = Paths(), judg
         live.end()
         save_grid(val_conds, validator, paths.reports / "val_samples.png")
         metrics = save_outputs(cfg, policy, ema, val_rows, paths, run, whole)
-    acc.wait_for_everyone()
+    settle_collectives()  # every process is done; the group can be destroyed safely
     if main:
         shutil.rmtree(paths.checkpoints, ignore_errors=True)  # finished: nothing left to resume
     acc.end_training()
