@@ -21,6 +21,7 @@ from onereward.data import scenes as syn
 from onereward.launch import mean_over_processes
 from onereward.numerics import adamw
 from onereward.policy.adapter import Condition, FillPolicy
+from onereward.policy.conv_grads import input_grads_as_convolutions
 from onereward.policy.quality import BaseBar
 
 
@@ -211,18 +212,19 @@ def train_vae(policy: FillPolicy, pool: ExamplePool, cfg: PretrainConfig) -> dic
     opt = adamw(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     sched = _cosine(opt, cfg.vae_steps)
     bar = tqdm(range(cfg.vae_steps), desc="base_model vae", unit="step", disable=not acc.is_main_process)
-    for _ in bar:
-        x, _, _ = pool.batch(rng, cfg.vae_batch_size)
-        x = _crop(x * 2 - 1, cfg.vae_crop, rng)
-        b, _, h, w = x.shape
-        noise = torch.randn((b, vae.config.latent_channels, h // factor, w // factor), generator=gen)
-        loss = runner(x[mine], noise[mine])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # DDP averages the gradients over the processes here
-        opt.step()
-        sched.step()
-        loss_value = mean_over_processes(loss, acc)
-        bar.set_postfix(loss=f"{loss_value:.4f}")
+    with input_grads_as_convolutions(vae):  # the backward on NNPACK as the forward is (conv_grads.py)
+        for _ in bar:
+            x, _, _ = pool.batch(rng, cfg.vae_batch_size)
+            x = _crop(x * 2 - 1, cfg.vae_crop, rng)
+            b, _, h, w = x.shape
+            noise = torch.randn((b, vae.config.latent_channels, h // factor, w // factor), generator=gen)
+            loss = runner(x[mine], noise[mine])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # DDP averages the gradients over the processes here
+            opt.step()
+            sched.step()
+            loss_value = mean_over_processes(loss, acc)
+            bar.set_postfix(loss=f"{loss_value:.4f}")
     vae.eval().requires_grad_(False)
     # FLUX normalises latents as (z - shift) * scale; measure both on fresh crops.
     with torch.no_grad():
