@@ -1,7 +1,9 @@
 """Judge training: Eq. 3, LoRA and full fine-tuning, stock-peft reload, checkpoints and resume."""
 
+import itertools
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +15,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from onereward.judge.data import render_rows, stack, examples
 from onereward.judge.model import Judge, JudgeMeta
 from onereward.judge.queries import load_templates
-from onereward.judge.train import TrainJudgeConfig, eq3_loss, save_judge, score_rows, train
+from onereward.judge.train import TrainJudgeConfig, batch_stream, eq3_loss, save_judge, score_rows, train
 from onereward.judge.tiny import TinyJudgeConfig, save_tiny_judge
 
 
@@ -74,6 +76,27 @@ def test_query_rows_hold_both_orders():
     for a, b in zip(rows[::2], rows[1::2]):
         assert (a["order"], a["label"], b["order"], b["label"]) == (0, 1, 1, 0)
         assert (a["first"], a["second"]) == (b["second"], b["first"]) and a["query"] == b["query"]
+
+
+def test_dimension_repeats_draw_that_dimension_s_pairs_more_often_per_epoch():
+    rows = rows_for(DATA["train"], "train")  # 3 aesthetics, 3 removal quality, 2 consistency pairs
+
+    def one_epoch(**repeats) -> tuple[Counter, list]:
+        cfg = TrainJudgeConfig(batch_size=2, flip=False, dimension_repeats=repeats)  # one pair a batch
+        pairs = 8 + sum((n - 1) * 3 for n in repeats.values())
+        batches = list(itertools.islice(batch_stream(inputs_fn, rows, cfg), pairs))
+        return Counter(b[0].dimension for b in batches), batches
+
+    plain, _ = one_epoch()
+    assert plain == {"aesthetics": 3, "removal_quality": 3, "consistency": 2}
+    doubled, batches = one_epoch(aesthetics=2)
+    assert doubled == {"aesthetics": 6, "removal_quality": 3, "consistency": 2}
+    for b in batches:  # a repeated pair is still both orders of one pair, with its labels
+        assert [(e.key, e.order, e.label) for e in b] == [(b[0].key, 0, 1), (b[0].key, 1, 0)]
+    with pytest.raises(ValueError, match="unknown dimension"):
+        TrainJudgeConfig(dimension_repeats={"aesthetic": 2})
+    with pytest.raises(ValueError, match="whole number >= 1"):
+        TrainJudgeConfig(dimension_repeats={"aesthetics": 0})
 
 
 def test_lora_steps_reduce_loss_and_adapter_reloads_with_stock_peft(base, tmp_path):

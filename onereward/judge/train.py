@@ -16,7 +16,7 @@ import math
 import random
 import shutil
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -32,6 +32,7 @@ from onereward.judge.metrics import pair_results, summarize
 from onereward.judge.model import DistinctImagesForward, Judge, JudgeMeta
 from onereward.launch import mean_over_processes
 from onereward.numerics import adamw
+from onereward.tasks import DIMENSIONS
 
 InputsFn = Callable[[str, bool, int], Iterable[dict]]
 """(split, shuffle, seed) -> input samples as ``onereward.data.reader.input_dataset`` yields them."""
@@ -74,6 +75,10 @@ class TrainJudgeConfig:
     """Seed of data order, LoRA init and dropout."""
     shuffle_buffer: int = 256
     """Pairs in the shuffle buffer that spreads one input's pairs over batches."""
+    dimension_repeats: dict[str, int] = field(default_factory=dict)
+    """Dimension -> times each of its pairs is drawn per epoch (unlisted: 1). A dimension the
+    others' shared signal does not cover, learned late or never in a short run (the tiny
+    judge's aesthetics), gets more of the steps."""
     flip: bool = True
     """Mirror both images of a pair left-right with probability 1/2 (augmentation)."""
     gradient_checkpointing: bool = False
@@ -101,6 +106,12 @@ class TrainJudgeConfig:
             raise ValueError("train_judge: keep_inputs keeps inputs decoded in the trainer; set loader_workers: 0")
         if self.processes < 1:
             raise ValueError(f"train_judge.processes must be at least 1, got {self.processes}")
+        unknown = sorted(set(self.dimension_repeats) - set(DIMENSIONS))
+        if unknown:
+            raise ValueError(f"train_judge.dimension_repeats: unknown dimension(s) {unknown}; known: {sorted(DIMENSIONS)}")
+        for d, n in self.dimension_repeats.items():
+            if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+                raise ValueError(f"train_judge.dimension_repeats.{d} must be a whole number >= 1, got {n!r}")
 
     def fingerprint(self, **extra) -> str:
         """Identifies a run, so a checkpoint resumes only the run that wrote it."""
@@ -155,6 +166,13 @@ def pairs_of(stream: Iterable[Example]) -> Iterator[tuple[Example, ...]]:
         yield tuple(group)
 
 
+def repeated(pairs: Iterable[tuple[Example, ...]], repeats: dict[str, int]) -> Iterator[tuple[Example, ...]]:
+    """Each pair as often as ``repeats`` says for its dimension (1 where it is silent)."""
+    for pair in pairs:
+        for _ in range(repeats.get(pair[0].dimension, 1)):
+            yield pair
+
+
 def flipped(pair: tuple[Example, ...]) -> tuple[Example, ...]:
     """The same pair mirrored left-right: every judged degradation is mirror-invariant."""
     return tuple(replace(e, first=e.first.flip(-1), second=e.second.flip(-1)) for e in pair)
@@ -171,7 +189,8 @@ def batch_stream(inputs_fn: InputsFn, rows: list[dict], cfg: TrainJudgeConfig, j
     resized = {} if cfg.keep_inputs else None
     while True:
         rng = random.Random(cfg.seed * 100_003 + epoch)
-        stream = pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows, judge_size, resized))
+        stream = repeated(pairs_of(examples(inputs_fn("train", True, cfg.seed * 100_003 + epoch), rows, judge_size, resized)),
+                          cfg.dimension_repeats)
         for group in batched(shuffled(stream, cfg.shuffle_buffer, rng), pairs_per_batch):
             if len(group) == pairs_per_batch:  # drop the ragged tail: fixed batch statistics
                 if cfg.flip:
